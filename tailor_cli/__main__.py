@@ -1,0 +1,3 @@
+from tailor_cli import main
+
+main()
