@@ -28,7 +28,6 @@ from features.columns import Columns
 from features.ids import IdMap
 from features.matrix import FeatureMatrix, InteractionMatrix
 
-
 _SCORE_BUDGET = 1 << 24  # at most ~16M float32 scores (64 MB) in memory per scoring block
 
 
