@@ -9,7 +9,7 @@ columns meaning. All of it runs inside polars/numpy/scipy, with no Python loop o
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -76,26 +76,41 @@ class FeatureMatrix:
 
     ``ids`` gives the rows (aligned with the interaction matrix's items or users);
     ``names`` gives the columns, e.g. ``"category=shoes"``, ``"price_band=3"``, ``"segment=bargain"``.
+    ``bands`` holds the edges of banded numeric columns (``{"price": (e1, e2, …)}``), so features of
+    entities seen later (cold start) fall into the same bands.
     """
 
     matrix: sp.csr_matrix
     ids: IdMap
     names: npt.NDArray[np.str_]
+    bands: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.matrix.shape != (len(self.ids), len(self.names)):
+            raise TailorDataError(
+                f"feature matrix shape {self.matrix.shape} does not match {len(self.ids)} ids × {len(self.names)} names"
+            )
 
     def save(self, folder: str | Path, prefix: str) -> None:
+        """Save as ``{prefix}_features.npz``, ``_ids.npy``, ``_names.npy`` and ``_bands.json`` (no pickle)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         sp.save_npz(folder / f"{prefix}_features.npz", self.matrix)
         self.ids.save(folder / f"{prefix}_ids.npy")
         np.save(folder / f"{prefix}_names.npy", np.asarray(self.names, dtype=np.str_), allow_pickle=False)
+        (folder / f"{prefix}_bands.json").write_text(json.dumps({k: list(v) for k, v in self.bands.items()}))
 
     @classmethod
     def load(cls, folder: str | Path, prefix: str) -> FeatureMatrix:
+        """Load what :meth:`save` wrote (``_bands.json`` is optional, for older folders)."""
         folder = Path(folder)
+        bands_path = folder / f"{prefix}_bands.json"
+        bands = json.loads(bands_path.read_text()) if bands_path.exists() else {}
         return cls(
             sp.load_npz(folder / f"{prefix}_features.npz").tocsr(),
             IdMap.load(folder / f"{prefix}_ids.npy"),
             np.load(folder / f"{prefix}_names.npy", allow_pickle=False),
+            {str(k): tuple(float(x) for x in v) for k, v in bands.items()},
         )
 
 
