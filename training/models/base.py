@@ -7,6 +7,21 @@ saves/loads itself *with* its id maps into a folder of plain files (``config.jso
     Recommender                       abstract base; subclasses set ``name`` and ``Config``
     ├── register(cls)                 class decorator adding a model to REGISTRY by its name
     └── get_model_class(name)         registry lookup with a clear error listing known names
+
+Errors: :class:`ModelError` (a ``RuntimeError``) when a model cannot be fitted or used (empty matrix,
+NaN factors, catalogue too large, not fitted, unknown model name). Bad *arguments* (``k < 1``, an
+``exclude`` matrix of the wrong shape) raise ``ValueError``; an invalid config raises pydantic's
+``ValidationError`` (a ``ValueError``) naming the offending key.
+
+Semantics every model keeps, whether it scores densely through :meth:`Recommender.score` or overrides
+:meth:`Recommender.recommend` with a faster library path (implicit's batched top-k):
+
+* results have ``min(k, n_items)`` columns; missing entries are ``""`` with score ``-inf``;
+* ``filter_seen`` removes the user's training items, ``exclude`` (one row per query) and
+  ``exclude_items`` (for everyone) remove more;
+* users unknown to the model get :meth:`Recommender._score_unknown` (padding unless the model can
+  serve cold users, see :attr:`Recommender.handles_unknown_users`);
+* ``similar_items`` never returns the query item itself.
 """
 
 from __future__ import annotations
@@ -120,6 +135,20 @@ class Recommender(ABC):
     name: ClassVar[str]
     Config: ClassVar[type[ModelConfig]]
 
+    @property
+    def handles_unknown_users(self) -> bool:
+        """True if users unknown to the model get real recommendations (popularity, cold start)."""
+        return False
+
+    @property
+    def recommends_seen_items(self) -> bool:
+        """True if the model's point is re-recommending seen items ("buy it again").
+
+        Callers (evaluation, publishing) should then pass ``filter_seen=False``; with the default
+        ``filter_seen=True`` such a model has nothing left to recommend.
+        """
+        return False
+
     def __init__(self, config: ModelConfig | dict[str, Any] | None = None) -> None:
         if config is None:
             config = self.Config()
@@ -130,11 +159,19 @@ class Recommender(ABC):
 
     # --- public API --------------------------------------------------------------------------
     def fit(self, data: TrainData) -> Self:
-        """Fit on ``data``; raises :class:`ModelError` on an empty matrix."""
+        """Fit on ``data``; raises :class:`ModelError` on an empty matrix.
+
+        If fitting fails, a previously fitted model keeps its training data (subclasses assign their
+        fitted state only once it is complete).
+        """
         if data.interactions.nnz == 0:
             raise ModelError(f"{self.name}: cannot fit on an empty interaction matrix")
-        self._data = data
-        self._fit(data)
+        previous, self._data = self._data, data
+        try:
+            self._fit(data)
+        except BaseException:
+            self._data = previous
+            raise
         return self
 
     @property
@@ -169,7 +206,7 @@ class Recommender(ABC):
         """
         users = np.asarray(user_ids, dtype=np.str_)
         rows = self.users.to_internal(users, strict=False)
-        exclude = sp.csr_matrix(exclude) if exclude is not None else None
+        exclude = self._check_query(users, k, exclude)
         chunk = max(1, _SCORE_BUDGET // max(1, len(self.items)))  # bounds the dense score block
         parts_idx, parts_top = [], []
         for start in range(0, max(1, len(rows)), chunk):
@@ -197,6 +234,7 @@ class Recommender(ABC):
         """Top-k most similar items for each external item id (the item itself excluded)."""
         items = np.asarray(item_ids, dtype=np.str_)
         rows = self.items.to_internal(items, strict=False)
+        _check_k(k)
         scores = np.full((len(rows), len(self.items)), -np.inf, dtype=np.float32)
         known = rows >= 0
         if known.any():
@@ -233,9 +271,13 @@ class Recommender(ABC):
         item_f = FeatureMatrix.load(features, "item") if (features / "item_features.npz").exists() else None
         user_f = FeatureMatrix.load(features, "user") if (features / "user_features.npz").exists() else None
         purchases = sp.load_npz(folder / "purchases.npz").tocsr() if (folder / "purchases.npz").exists() else None
-        model._data = TrainData(InteractionMatrix.load(folder / "interactions"), item_f, user_f, purchases)
-        model._load_state(folder)
+        model._restore(TrainData(InteractionMatrix.load(folder / "interactions"), item_f, user_f, purchases), folder)
         return model
+
+    def _restore(self, data: TrainData, folder: Path) -> None:
+        """Attach saved training data and read the fitted state (used by :meth:`load` and wrappers)."""
+        self._data = data
+        self._load_state(folder)
 
     # --- hooks ---------------------------------------------------------------------------------
     @abstractmethod
@@ -259,6 +301,42 @@ class Recommender(ABC):
     def _load_state(self, folder: Path) -> None:  # noqa: B027 - optional hook
         """Read what ``_save_state`` wrote."""
 
+    def _check_query(self, users: npt.NDArray[np.str_], k: int, exclude: sp.csr_matrix | None) -> sp.csr_matrix | None:
+        """Validate ``k`` and the shape of ``exclude``; returns ``exclude`` as CSR."""
+        _check_k(k)
+        if exclude is None:
+            return None
+        exclude = sp.csr_matrix(exclude)
+        expected = (len(users), len(self.items))
+        if exclude.shape != expected:
+            raise ValueError(
+                f"exclude has shape {exclude.shape}; expected {expected} (one row per user id, one column per item)"
+            )
+        return exclude
+
+    def _exclusion_pattern(
+        self, rows: npt.NDArray[np.int64], filter_seen: bool, exclude: sp.csr_matrix | None
+    ) -> sp.csr_matrix | None:
+        """0/1 CSR ``len(rows) × n_items`` of per-query exclusions (seen items and ``exclude``).
+
+        ``rows`` are known internal user rows; ``exclude`` must already be restricted to them.
+        Used by models that hand exclusions to a library top-k instead of masking dense scores.
+        """
+        parts = []
+        if filter_seen:
+            parts.append(self.data.interactions.matrix[rows])
+        if exclude is not None:
+            parts.append(sp.csr_matrix(exclude))
+        if not parts:
+            return None
+        pattern = sp.csr_matrix((len(rows), len(self.items)), dtype=np.float32)
+        for part in parts:
+            ones = sp.csr_matrix(part, dtype=np.float32, copy=True)
+            ones.data[:] = 1.0  # explicit zeros count as excluded, as in _mask
+            pattern = pattern + ones
+        pattern.data[:] = 1.0
+        return sp.csr_matrix(pattern)
+
     def _mask(
         self,
         scores: npt.NDArray[np.float32],
@@ -279,12 +357,22 @@ class Recommender(ABC):
             scores[:, cols[cols >= 0]] = -np.inf
 
 
+def _check_k(k: int) -> None:
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+
+
 REGISTRY: dict[str, type[Recommender]] = {}
 R = TypeVar("R", bound=type[Recommender])
 
 
 def register(cls: R) -> R:
-    """Class decorator: make a model findable by its ``name``."""
+    """Class decorator: make a model findable by its ``name`` (two classes may not share a name)."""
+    existing = REGISTRY.get(cls.name)
+    if existing is not None and (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ModelError(
+            f"model name {cls.name!r} is already registered by {existing.__module__}.{existing.__qualname__}"
+        )
     REGISTRY[cls.name] = cls
     return cls
 
