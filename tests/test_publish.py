@@ -1,0 +1,249 @@
+"""The publish job against a real redis-server: known lists, atomic switch, grace, interruption, lock."""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+
+from features.matrix import build_matrix
+from service.contract import (
+    ActiveVersion,
+    ItemMeta,
+    Keys,
+    RecList,
+    UserRecs,
+    VersionState,
+    VersionStatus,
+    decode,
+)
+from tests.conftest import TINY_SCORES, StaticConfig, StaticModel, TinyStore
+from training.models.base import TrainData, get_model_class
+from training.publish import (
+    LOCK_TTL_S,
+    PublishError,
+    PublishInfo,
+    PublishProgress,
+    PublishSummary,
+    active_version,
+    publish,
+)
+
+T0 = datetime(2024, 2, 1, 12, 0, tzinfo=UTC)
+
+
+def run(store: TinyStore, client: redis.Redis, model: Any = None, **kwargs: Any) -> PublishSummary:
+    options: dict[str, Any] = {"progress": False, "now": T0, "batch_users": 2} | kwargs
+    return publish(
+        model or store.model,
+        events=store.events,
+        catalogue=store.catalogue,
+        users=store.users,
+        redis_client=client,
+        info=PublishInfo(model_name="tiny", model_version=str(options.pop("model_version", "1")), run_id="r1"),
+        **options,
+    )
+
+
+def user(client: redis.Redis, version: int, user_id: str) -> UserRecs | None:
+    raw = client.get(Keys.user(version, user_id))
+    return decode(raw, UserRecs) if raw is not None else None
+
+
+def rec_list(client: redis.Redis, name: str) -> tuple[list[str], Any] | None:
+    raw = client.get(name)
+    if raw is None:
+        return None
+    lst = decode(raw, RecList, where=name)
+    return lst.items, lst.scores
+
+
+def namespace(client: redis.Redis, version: int) -> dict[bytes, bytes]:
+    """Every key of a version with a dump of its value (to compare before/after)."""
+    return {k: client.dump(k) for k in client.scan_iter(match=Keys.namespace(version) + "*")}  # type: ignore[misc]
+
+
+def second_model(store: TinyStore) -> StaticModel:
+    """Same data, different answers: u1 → D B C G (reversed), so a v2 list is never a v1 list."""
+    config = StaticConfig(users={"u1": {"D": 9, "B": 8, "C": 7, "G": 6}}, similar=TINY_SCORES.similar)
+    return StaticModel(config).fit(TrainData(build_matrix(store.events)))
+
+
+# --- what is written --------------------------------------------------------------------------------
+def test_publish_writes_the_known_lists(tiny_store: TinyStore, redis_client: redis.Redis) -> None:
+    summary = run(tiny_store, redis_client)
+    v = summary.version
+    assert (v, summary.users, summary.items) == (1, 5, 7)  # u1-u4 + segment-only u9; A..G (X not in catalogue)
+    assert user(redis_client, v, "u1") == UserRecs(
+        items=["G", "C", "B", "D"], scores=[7.0, 6.0, 5.0, 4.0], segment="vip", bought=["A"]
+    )
+    assert user(redis_client, v, "u2") == UserRecs(items=["C", "B"], scores=[5.0, 4.0], segment="vip")
+    assert user(redis_client, v, "u3") == UserRecs(items=["A"], scores=[3.0], segment="bargain", bought=["D"])
+    assert user(redis_client, v, "u4") == UserRecs(items=[], scores=[], bought=["F"])
+    assert user(redis_client, v, "u9") == UserRecs(items=[], scores=[], segment="bargain")
+
+
+def test_publish_similar_items_drop_items_missing_from_the_catalogue(
+    tiny_store: TinyStore, redis_client: redis.Redis
+) -> None:
+    v = run(tiny_store, redis_client).version
+    assert rec_list(redis_client, Keys.similar(v, "A")) == (["B", "C"], pytest.approx([0.9, 0.7]))
+    assert rec_list(redis_client, Keys.similar(v, "E")) == (["F", "D"], pytest.approx([0.4, 0.3]))
+    assert rec_list(redis_client, Keys.similar(v, "C")) == ([], [])
+    assert rec_list(redis_client, Keys.similar(v, "X")) is None  # X is not in the catalogue
+
+
+def test_publish_fallback_lists_and_item_metadata(tiny_store: TinyStore, redis_client: redis.Redis) -> None:
+    v = run(tiny_store, redis_client).version
+    assert rec_list(redis_client, Keys.popular(v)) == (list("ADCBEFH"), [12, 10, 4, 2, 1, 0, 0])
+    assert rec_list(redis_client, Keys.popular_category(v, "toys")) == (list("ACB"), [12, 4, 2])
+    assert rec_list(redis_client, Keys.popular_category(v, "books")) == (list("DEF"), [10, 1, 0])
+    assert rec_list(redis_client, Keys.popular_segment(v, "vip")) == (list("ACB"), [12, 4, 1])
+    assert rec_list(redis_client, Keys.popular_segment(v, "bargain")) == (list("DB"), [10, 1])
+    meta = redis_client.hgetall(Keys.items(v))
+    assert decode(meta[b"G"], ItemMeta) == ItemMeta(available=False, category="toys")
+    assert decode(meta[b"H"], ItemMeta) == ItemMeta(available=True, category="garden")
+    assert len(meta) == 8
+
+
+def test_fallback_size_caps_every_list(tiny_store: TinyStore, redis_client: redis.Redis) -> None:
+    v = run(tiny_store, redis_client, fallback_size=2).version
+    assert rec_list(redis_client, Keys.popular(v)) == (["A", "D"], [12, 10])
+    assert rec_list(redis_client, Keys.popular_category(v, "toys")) == (["A", "C"], [12, 4])
+
+
+def test_active_record_and_version_state(tiny_store: TinyStore, redis_client: redis.Redis) -> None:
+    run(tiny_store, redis_client)
+    expected = ActiveVersion(
+        version=1, model_name="tiny", model_version="1", run_id="r1", generated_at=T0, users=5, items=8
+    )
+    assert active_version(redis_client) == expected
+    assert decode(redis_client.get(Keys.manifest(1)), ActiveVersion) == expected  # type: ignore[arg-type]
+    state = decode(redis_client.hget(Keys.VERSIONS, "1"), VersionState)  # type: ignore[arg-type]
+    assert state.status is VersionStatus.LIVE
+    assert redis_client.get(Keys.PUBLISH_LOCK) is None
+
+
+def test_top_n_limits_user_lists(tiny_store: TinyStore, redis_client: redis.Redis) -> None:
+    v = run(tiny_store, redis_client, top_n=2).version
+    assert user(redis_client, v, "u1") == UserRecs(items=["G", "C"], scores=[7.0, 6.0], segment="vip", bought=["A"])
+
+
+def test_exclusions_are_configurable(tiny_store: TinyStore, redis_client: redis.Redis) -> None:
+    v = run(tiny_store, redis_client, exclude_event_types=()).version
+    u1 = user(redis_client, v, "u1")
+    assert u1 is not None
+    assert (u1.items, u1.bought) == (["A", "G", "C", "B", "D"], [])
+
+
+def test_a_registry_model_round_trips(tiny_store: TinyStore, redis_client: redis.Redis) -> None:
+    """Popularity counts distinct users: A and B have two each, everything else one."""
+    model = get_model_class("popularity")().fit(TrainData(build_matrix(tiny_store.events)))
+    v = run(tiny_store, redis_client, model=model).version
+    u4 = user(redis_client, v, "u4")
+    assert u4 is not None
+    assert set(u4.items[:2]) == {"A", "B"}
+    assert "X" not in u4.items
+
+
+# --- versions: switch, grace, interruption, lock ----------------------------------------------------
+def test_reads_during_a_publish_see_only_the_previous_version(tiny_store: TinyStore, redis_client: redis.Redis) -> None:
+    run(tiny_store, redis_client)
+    seen: list[tuple[int, list[str]]] = []
+
+    def read_mid_publish(step: PublishProgress) -> None:
+        active = active_version(redis_client)
+        assert active is not None
+        u1 = user(redis_client, active.version, "u1")
+        assert u1 is not None
+        seen.append((active.version, u1.items))
+
+    run(tiny_store, redis_client, model=second_model(tiny_store), callback=read_mid_publish, model_version="2")
+    assert len(seen) >= 4  # items, fallback, 2 user batches, similar batches
+    assert all(entry == (1, ["G", "C", "B", "D"]) for entry in seen)
+    active = active_version(redis_client)
+    assert active is not None
+    assert (active.version, active.model_version) == (2, "2")
+    assert user(redis_client, 2, "u1") == UserRecs(
+        items=["D", "B", "C", "G"], scores=[9, 8, 7, 6], segment="vip", bought=["A"]
+    )
+
+
+def test_old_versions_survive_their_grace_period_then_go(tiny_store: TinyStore, redis_client: redis.Redis) -> None:
+    run(tiny_store, redis_client, grace_s=60)
+    v1_keys = namespace(redis_client, 1)
+    run(tiny_store, redis_client, grace_s=60, now=T0 + timedelta(seconds=10))  # v1 retired at T0+10 s
+    run(tiny_store, redis_client, grace_s=60, now=T0 + timedelta(seconds=69))  # 59 s later: v1 kept
+    assert namespace(redis_client, 1) == v1_keys
+    run(tiny_store, redis_client, grace_s=60, now=T0 + timedelta(seconds=70))  # 60 s: v1 deleted, v2 kept
+    assert namespace(redis_client, 1) == {}
+    assert namespace(redis_client, 2) != {}
+    assert sorted(int(v) for v in redis_client.hkeys(Keys.VERSIONS)) == [2, 3, 4]
+
+
+def test_an_interrupted_publish_leaves_the_previous_version_serving(
+    tiny_store: TinyStore, redis_client: redis.Redis
+) -> None:
+    run(tiny_store, redis_client)
+    v1_keys = namespace(redis_client, 1)
+    v1_active = redis_client.get(Keys.ACTIVE)
+
+    def crash(step: PublishProgress) -> None:
+        if step.stage == "users":
+            raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError, match="killed mid-write"):
+        run(tiny_store, redis_client, model=second_model(tiny_store), callback=crash)
+    assert redis_client.get(Keys.ACTIVE) == v1_active
+    assert namespace(redis_client, 1) == v1_keys
+    assert user(redis_client, 2, "u1") is not None  # the partial v2 is there ...
+    assert redis_client.get(Keys.manifest(2)) is None
+    assert redis_client.get(Keys.PUBLISH_LOCK) is None  # ... and the lock was released
+
+    summary = run(tiny_store, redis_client, model=second_model(tiny_store))
+    assert summary.version == 3
+    assert namespace(redis_client, 2) == {}  # cleaned by the next publish
+    assert redis_client.hget(Keys.VERSIONS, "2") is None
+    assert namespace(redis_client, 1) == v1_keys  # retired, within its grace period
+
+
+def test_a_running_publish_holds_the_lock(tiny_store: TinyStore, redis_client: redis.Redis) -> None:
+    redis_client.set(Keys.PUBLISH_LOCK, "other-host:123:token", ex=LOCK_TTL_S)
+    with pytest.raises(PublishError, match="another publish is running"):
+        run(tiny_store, redis_client)
+    assert redis_client.get(Keys.ACTIVE) is None
+    assert redis_client.get(Keys.VERSION_SEQ) is None  # refused before anything was written
+
+
+def test_a_lock_left_by_a_dead_process_on_this_host_is_taken_over(
+    tiny_store: TinyStore, redis_client: redis.Redis
+) -> None:
+    dead_pid = _dead_pid()
+    redis_client.set(Keys.PUBLISH_LOCK, f"{socket.gethostname()}:{dead_pid}:token", ex=LOCK_TTL_S)
+    assert run(tiny_store, redis_client).version == 1
+
+
+def test_a_catalogue_without_model_items_is_refused(tiny_store: TinyStore, redis_client: redis.Redis) -> None:
+    other = tiny_store.catalogue.with_columns(tiny_store.catalogue["item_id"] + "-other")
+    with pytest.raises(PublishError, match="none of the model's 8 items is in the catalogue"):
+        publish(
+            tiny_store.model, events=tiny_store.events, catalogue=other, users=None, redis_client=redis_client,
+            info=PublishInfo(model_name="m", model_version="1"), progress=False,
+        )  # fmt: skip
+    assert redis_client.get(Keys.ACTIVE) is None
+
+
+def _dead_pid() -> int:
+    """A pid that no process has (the highest pids are practically never in use)."""
+    for pid in range(4_194_303, 4_000_000, -1):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            continue
+    raise AssertionError("no free pid found")
