@@ -1,0 +1,554 @@
+"""Load store exports into Tailor's contracts: events, catalogue and users.
+
+Sources are CSV (plain or gzipped, ``.csv`` / ``.csv.gz``) or Parquet (``.parquet`` / ``.pq``), or a
+folder written by the synthetic store (``events.parquet``, ``catalogue.parquet``, ``users.parquet``).
+Everything runs as one lazy polars plan of vectorised expressions; no Python loop touches rows.
+
+CSV columns are read as strings, so ids like ``"17850.0"`` or ``"00123"`` keep their text; values are
+then cast to contract types non-strictly and every failed cast becomes a validation problem with its
+row number, never a crash or a silent null.
+
+Errors: :class:`FileNotFoundError` (no such file or folder);
+:class:`~features.errors.TailorDataError` (unsupported or unreadable file);
+:class:`~features.errors.SchemaError` / :class:`~features.errors.MappingError` (missing columns, a
+mapping that does not fit the file); :class:`~features.errors.DataValidationError` (``strict=True``
+and invalid rows).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final, Literal
+
+import polars as pl
+
+from features.columns import CATALOGUE_REQUIRED, USERS_OPTIONAL, USERS_REQUIRED, Columns
+from features.errors import MappingError, TailorDataError
+from features.mapping import DropRule, EventMapping
+from features.validation import (
+    COLUMN,
+    REASON,
+    ROW,
+    Check,
+    Reason,
+    ValidationReport,
+    count_reasons,
+    raise_if_invalid,
+    require_columns,
+    tag_expressions,
+)
+
+EVENTS_FILE: Final = "events.parquet"
+CATALOGUE_FILE: Final = "catalogue.parquet"
+USERS_FILE: Final = "users.parquet"
+
+#: The loaded events frame: always these columns with these types (optional ones null when absent).
+EVENT_SCHEMA: Final[dict[str, pl.DataType]] = {
+    Columns.USER: pl.Utf8(),
+    Columns.ITEM: pl.Utf8(),
+    Columns.EVENT: pl.Utf8(),
+    Columns.TIMESTAMP: pl.Datetime("us"),
+    Columns.QUANTITY: pl.Float64(),
+    Columns.PRICE: pl.Float64(),
+    Columns.SESSION: pl.Utf8(),
+}
+
+# Working columns carry a prefix no export uses, so they never collide with source columns.
+_TMP: Final = "__tailor_"
+_ROW, _REASON, _COLUMN = f"{_TMP}row", f"{_TMP}reason", f"{_TMP}column"
+_HASH, _DUP = f"{_TMP}hash", f"{_TMP}dup_kept"
+
+# "iso" tries these in order: naive date-times (T or space, optional fraction), then with a UTC
+# offset or Z (converted to naive UTC), then minutes only, then a bare date.
+_ISO_FORMATS: Final = (
+    "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%dT%H:%M:%S%.f%#z",
+    "%Y-%m-%d %H:%M:%S%.f%#z",
+    "%Y-%m-%dT%H:%M",
+    "%Y-%m-%d %H:%M",
+    "%Y-%m-%d",
+)
+_EPOCH_TO_US: Final = {"epoch_s": 1_000_000.0, "epoch_ms": 1_000.0}
+_TRUE: Final = ("true", "t", "yes", "y", "1")
+_FALSE: Final = ("false", "f", "no", "n", "0")
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """Loaded events plus what happened to the other rows.
+
+    ``events`` has exactly :data:`EVENT_SCHEMA` (in source order, not sorted by time).
+    ``quarantined`` holds the dropped and rejected rows (``row``, ``reason``, ``column`` and the
+    original values as strings); ``quarantine_path`` is where they were written, if anywhere.
+    """
+
+    events: pl.DataFrame
+    report: ValidationReport
+    quarantine_path: Path | None
+    quarantined: pl.DataFrame
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading sources
+
+
+def resolve_source(path: str | Path, default_name: str = EVENTS_FILE) -> Path:
+    """The file to read: ``path`` itself, or ``path/default_name`` when ``path`` is a folder."""
+    path = Path(path)
+    if path.is_dir():
+        inner = path / default_name
+        if not inner.is_file():
+            raise FileNotFoundError(f"folder {path} has no {default_name}")
+        return inner
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    return path
+
+
+def _file_kind(path: Path) -> Literal["csv", "parquet"]:
+    name = path.name.lower()
+    if name.endswith((".csv", ".csv.gz")):
+        return "csv"
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    raise TailorDataError(f"{path}: unsupported file type; use .csv, .csv.gz, .parquet or .pq")
+
+
+def scan_source(path: Path) -> pl.LazyFrame:
+    """A lazy scan of ``path``: CSV columns all as strings (lossy UTF-8), Parquet with its own types."""
+    if _file_kind(path) == "csv":
+        return pl.scan_csv(path, infer_schema=False, encoding="utf8-lossy")
+    return pl.scan_parquet(path)
+
+
+def _collect_schema(frame: pl.LazyFrame, source: Path) -> pl.Schema:
+    try:
+        return frame.collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise TailorDataError(f"cannot read {source}: {exc}") from exc
+
+
+def _collect(frame: pl.LazyFrame, source: Path) -> pl.DataFrame:
+    try:
+        return frame.collect()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise TailorDataError(f"cannot read {source}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Expressions: source columns → contract values
+
+
+def _text(column: str) -> pl.Expr:
+    """The column as trimmed text; blank becomes null."""
+    text = pl.col(column).cast(pl.Utf8).str.strip_chars()
+    return pl.when(text.str.len_bytes() == 0).then(None).otherwise(text)
+
+
+def _id(column: str, strip_float: bool) -> pl.Expr:
+    text = _text(column)
+    # "17850.0" → "17850": ids that went through a float column on the way out of the store.
+    return text.str.replace(r"^(-?\d+)\.0+$", "${1}") if strip_float else text
+
+
+def _number(column: str) -> pl.Expr:
+    return _text(column).cast(pl.Float64, strict=False)
+
+
+def _parse_text_time(text: pl.Expr, fmt: str) -> pl.Expr:
+    if fmt in _EPOCH_TO_US:
+        return _from_epoch(text.cast(pl.Float64, strict=False), fmt)
+    if fmt == "iso":
+        return pl.coalesce([_parse_text_time(text, iso) for iso in _ISO_FORMATS])
+    parsed = text.str.to_datetime(fmt, time_unit="us", strict=False)
+    # A pattern with an offset (%z, %:z, %#z) yields UTC-aware times; the contract is naive UTC.
+    return parsed.dt.replace_time_zone(None) if re.search(r"%[#:]*z", fmt) else parsed
+
+
+def _from_epoch(seconds_or_ms: pl.Expr, fmt: str) -> pl.Expr:
+    micros = (seconds_or_ms * _EPOCH_TO_US[fmt]).round().cast(pl.Int64, strict=False)
+    return micros.cast(pl.Datetime("us"))
+
+
+def _time(column: str, dtype: pl.DataType, formats: tuple[str, ...], source: Path) -> pl.Expr:
+    """Contract timestamps from a typed (datetime/date/epoch number) or text column."""
+    col = pl.col(column)
+    if isinstance(dtype, pl.Datetime):
+        if dtype.time_zone:
+            col = col.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+        return col.cast(pl.Datetime("us"))
+    if isinstance(dtype, pl.Date):
+        return col.cast(pl.Datetime("us"))
+    if dtype.is_numeric():
+        epochs = [fmt for fmt in formats if fmt in _EPOCH_TO_US]
+        if not epochs:
+            raise MappingError(
+                f"time column '{column}' of {source} holds numbers but time_format is {formats!r}; "
+                "use epoch_s or epoch_ms"
+            )
+        return _from_epoch(col.cast(pl.Float64), epochs[0])
+    return pl.coalesce([_parse_text_time(_text(column), fmt) for fmt in formats])
+
+
+def _event(mapping: EventMapping) -> pl.Expr:
+    if mapping.constant_event is not None:
+        return pl.lit(mapping.constant_event, dtype=pl.Utf8)
+    assert mapping.event is not None  # guaranteed by EventMapping's validator
+    text = _text(mapping.event)
+    return text.replace(mapping.event_map) if mapping.event_map else text
+
+
+def _optional_columns(mapping: EventMapping, present: pl.Schema) -> dict[str, str | None]:
+    """Contract name → source column of the optional fields; unset ones fall back to the contract name."""
+    pairs = ((Columns.QUANTITY, mapping.quantity), (Columns.PRICE, mapping.price), (Columns.SESSION, mapping.session))
+    return {name: col if col is not None else (name if name in present else None) for name, col in pairs}
+
+
+def _mapped(mapping: EventMapping, schema: pl.Schema, source: Path) -> dict[str, pl.Expr]:
+    """Contract column → expression, for every column of :data:`EVENT_SCHEMA`."""
+    optional = _optional_columns(mapping, schema)
+    quantity, price, session = (optional[c] for c in (Columns.QUANTITY, Columns.PRICE, Columns.SESSION))
+    return {
+        Columns.USER: _id(mapping.user, mapping.strip_float_ids),
+        Columns.ITEM: _id(mapping.item, mapping.strip_float_ids),
+        Columns.EVENT: _event(mapping),
+        Columns.TIMESTAMP: _time(mapping.time, schema[mapping.time], mapping.time_formats, source),
+        Columns.QUANTITY: _number(quantity) if quantity else pl.lit(None, dtype=pl.Float64),
+        Columns.PRICE: _number(price) if price else pl.lit(None, dtype=pl.Float64),
+        Columns.SESSION: _text(session) if session else pl.lit(None, dtype=pl.Utf8),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks: which rows are dropped by rule or rejected, and why
+
+
+def _rule_check(rule: DropRule) -> Check:
+    text = _text(rule.column)
+    if rule.when == "empty":
+        failed = text.is_null()
+    elif rule.when == "starts_with":
+        failed = text.str.starts_with(str(rule.value))
+    elif rule.when == "equals":
+        failed = text == str(rule.value)
+    else:
+        failed = text.cast(pl.Float64, strict=False) <= float(rule.value or 0)
+    return Check(rule.reason, rule.column, failed)
+
+
+def _event_checks(mapping: EventMapping) -> list[Check]:
+    if mapping.event is None:
+        return []
+    checks = [Check(Reason.EMPTY_EVENT_TYPE, mapping.event, _tmp(Columns.EVENT).is_null())]
+    if mapping.unknown_event_types == "reject":
+        known = sorted(mapping.known_event_types)
+        checks.append(Check(Reason.UNKNOWN_EVENT_TYPE, mapping.event, ~_tmp(Columns.EVENT).is_in(known)))
+    return checks
+
+
+def _value_checks(optional: dict[str, str | None]) -> list[Check]:
+    """Quantity/price given but not a number."""
+    checks = []
+    for name, reason in ((Columns.QUANTITY, Reason.UNPARSEABLE_QUANTITY), (Columns.PRICE, Reason.UNPARSEABLE_PRICE)):
+        column = optional[name]
+        if column is not None:
+            checks.append(Check(reason, column, _text(column).is_not_null() & _tmp(name).is_null()))
+    return checks
+
+
+def _checks(mapping: EventMapping, schema: pl.Schema) -> list[Check]:
+    """All row checks in priority order: drop rules first (in mapping order), then contract checks."""
+    return [
+        *(_rule_check(rule) for rule in mapping.drop),
+        Check(Reason.EMPTY_USER_ID, mapping.user, _tmp(Columns.USER).is_null()),
+        Check(Reason.EMPTY_ITEM_ID, mapping.item, _tmp(Columns.ITEM).is_null()),
+        *_event_checks(mapping),
+        Check(Reason.EMPTY_TIMESTAMP, mapping.time, _missing(mapping.time, schema)),
+        Check(Reason.UNPARSEABLE_TIMESTAMP, mapping.time, _tmp(Columns.TIMESTAMP).is_null()),
+        *_value_checks(_optional_columns(mapping, schema)),
+    ]
+
+
+def _missing(column: str, schema: pl.Schema) -> pl.Expr:
+    """Null, or blank text (typed columns skip the costly cast to text)."""
+    return _text(column).is_null() if schema[column] == pl.Utf8 else pl.col(column).is_null()
+
+
+def _tmp(name: str) -> pl.Expr:
+    return pl.col(_TMP + name)
+
+
+def _plan(frame: pl.LazyFrame, mapping: EventMapping, schema: pl.Schema, source: Path) -> pl.LazyFrame:
+    """One lazy plan: row numbers, mapped columns, reasons, row hashes, and the original columns."""
+    mapped = {_TMP + name: expr for name, expr in _mapped(mapping, schema, source).items()}
+    reason, column = tag_expressions(_checks(mapping, schema))
+    # Hash of the mapped row, for valid rows only: duplicates are looked for among those.
+    row_hash = pl.when(pl.col(_REASON).is_null()).then(pl.struct(*(_tmp(c) for c in EVENT_SCHEMA)).hash())
+    # Originals ride along untouched (no copy); only failed rows are turned into text, in _split.
+    originals = [pl.col(name).alias(f"{_TMP}src_{i}") for i, name in enumerate(schema)]
+    return (
+        frame.with_row_index(_ROW, offset=1)
+        .with_columns(**mapped)
+        .with_columns(reason.alias(_REASON), column.alias(_COLUMN))
+        .select(_ROW, _REASON, _COLUMN, row_hash.alias(_HASH), *(_tmp(c) for c in EVENT_SCHEMA), *originals)
+    )
+
+
+def _find_duplicates(frame: pl.DataFrame) -> pl.Series:
+    """True where a valid row exactly repeats an earlier valid row (after mapping).
+
+    Equal hashes only nominate candidates; the mapped values of candidates are then compared exactly,
+    so a hash collision can never drop a row. Without any repeated hash this costs one unique count.
+    """
+    hashes = frame[_HASH]
+    valid = hashes.drop_nulls()
+    if valid.n_unique() == valid.len():
+        return pl.repeat(False, frame.height, eager=True)
+    keys = [_TMP + c for c in EVENT_SCHEMA]
+    candidates = frame.filter(hashes.is_not_null() & hashes.is_duplicated()).select(_ROW, *keys)
+    repeats = candidates.filter(~pl.struct(keys).is_first_distinct())[_ROW]
+    return frame[_ROW].is_in(repeats.implode())
+
+
+def _apply_duplicates(frame: pl.DataFrame, policy: Literal["reject", "keep"]) -> pl.DataFrame:
+    """Reject duplicates (reason ``duplicate_row``, no single column at fault) or flag them as kept."""
+    duplicate = _find_duplicates(frame)
+    if policy == "keep":
+        return frame.with_columns(duplicate.alias(_DUP))
+    return frame.with_columns(
+        pl.when(duplicate).then(pl.lit(Reason.DUPLICATE_ROW)).otherwise(pl.col(_REASON)).alias(_REASON),
+        pl.when(duplicate).then(None).otherwise(pl.col(_COLUMN)).alias(_COLUMN),
+        pl.repeat(False, frame.height, eager=True).alias(_DUP),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Splitting, reporting, quarantine
+
+
+def _split(frame: pl.DataFrame, schema: pl.Schema) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(valid events in contract form, quarantined rows with original values)."""
+    valid = frame[_REASON].is_null()
+    contract = [_tmp(c).cast(dtype).alias(c) for c, dtype in EVENT_SCHEMA.items()]
+    # Filtering copies every column; skip it in the common all-valid case.
+    events = frame.select(contract) if valid.all() else frame.filter(valid).select(contract)
+    taken = {ROW, REASON, COLUMN}
+    originals = [
+        pl.col(f"{_TMP}src_{i}").cast(pl.Utf8).alias(f"source_{name}" if name in taken else name)
+        for i, name in enumerate(schema)
+    ]
+    quarantined = frame.filter(~valid).select(
+        pl.col(_ROW).cast(pl.Int64).alias(ROW), pl.col(_REASON).alias(REASON), pl.col(_COLUMN).alias(COLUMN), *originals
+    )
+    return events, quarantined
+
+
+def _check_time_format(frame: pl.DataFrame, quarantined: pl.DataFrame, mapping: EventMapping, source: Path) -> None:
+    """No timestamp at all parsed: the format is wrong for this file, not the rows."""
+    bad = quarantined.filter(pl.col(REASON) == Reason.UNPARSEABLE_TIMESTAMP)
+    if bad.height and frame[_TMP + Columns.TIMESTAMP].is_not_null().sum() == 0:
+        example = bad[mapping.time][0] if mapping.time in bad.columns else bad[f"source_{mapping.time}"][0]
+        raise MappingError(
+            f"time_format {mapping.time_format!r} parsed none of the timestamps in column '{mapping.time}' "
+            f"of {source} (e.g. row {bad[ROW][0]}: {example!r}); set time_format in the mapping"
+        )
+
+
+def _report(
+    source: Path, frame: pl.DataFrame, events: pl.DataFrame, quarantined: pl.DataFrame, mapping: EventMapping
+) -> ValidationReport:
+    rules = {rule.reason for rule in mapping.drop}
+    counts = count_reasons(quarantined)
+    event_counts = events[Columns.EVENT].value_counts(sort=True)
+    time_min, time_max = events.select(
+        pl.col(Columns.TIMESTAMP).min().alias("min"), pl.col(Columns.TIMESTAMP).max().alias("max")
+    ).row(0)
+    return ValidationReport(
+        source=str(source),
+        rows_read=frame.height,
+        rows_valid=events.height,
+        n_users=events[Columns.USER].n_unique(),
+        n_items=events[Columns.ITEM].n_unique(),
+        event_counts={str(k): int(v) for k, v in event_counts.iter_rows()},
+        time_min=time_min,
+        time_max=time_max,
+        rejected=tuple(c for c in counts if c.reason not in rules),
+        dropped=tuple(c for c in counts if c.reason in rules),
+        duplicates_kept=int(frame[_DUP].sum()),
+    )
+
+
+def _source_stem(source: Path) -> str:
+    name = source.name
+    for suffix in (".csv.gz", ".csv", ".parquet", ".pq"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return source.stem
+
+
+def write_quarantine(quarantined: pl.DataFrame, directory: Path, source: Path) -> Path:
+    """Write ``<directory>/<source-stem>-<utc timestamp>.parquet`` atomically; never overwrite a file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = f"{_source_stem(source)}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
+    path = _reserve(directory, stem)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        quarantined.write_parquet(partial)
+        os.replace(partial, path)  # readers never see a half-written file
+    except BaseException:
+        path.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _reserve(directory: Path, stem: str) -> Path:
+    """Create an empty ``stem[-n].parquet`` exclusively, so two runs in the same second never collide."""
+    for n in range(1000):
+        path = directory / (f"{stem}.parquet" if n == 0 else f"{stem}-{n}.parquet")
+        try:
+            path.touch(exist_ok=False)
+        except FileExistsError:
+            continue
+        return path
+    raise TailorDataError(f"too many quarantine files named {stem}-*.parquet in {directory}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Public loaders
+
+
+def load_events(
+    path: str | Path,
+    mapping: EventMapping | None = None,
+    *,
+    quarantine_dir: Path | None = None,
+    strict: bool = False,
+) -> LoadResult:
+    """Load, map and validate events from a CSV/CSV.gz/Parquet file or a synthetic-store folder.
+
+    ``mapping`` defaults to the native contract. Rows dropped by rule or rejected as invalid are
+    counted in the report and, when ``quarantine_dir`` is given, written there as Parquet.
+    ``strict=True`` raises :class:`DataValidationError` on any invalid row instead (drop rules are
+    policy, not errors, and never raise).
+    """
+    source = resolve_source(path, EVENTS_FILE)
+    explicit = mapping is not None and mapping != EventMapping()
+    mapping = mapping or EventMapping()
+    scan = scan_source(source)
+    schema = _collect_schema(scan, source)
+    require_columns(list(schema), mapping.source_columns(), str(source), explicit_mapping=explicit)
+    frame = _apply_duplicates(_collect(_plan(scan, mapping, schema, source), source), mapping.duplicates)
+    events, quarantined = _split(frame, schema)
+    _check_time_format(frame, quarantined, mapping, source)
+    report = _report(source, frame, events, quarantined, mapping)
+    if strict and report.rejected:
+        rules = {rule.reason for rule in mapping.drop}
+        raise_if_invalid(quarantined.filter(~pl.col(REASON).is_in(sorted(rules))), str(source))
+    written = None
+    if quarantine_dir is not None and quarantined.height:
+        written = write_quarantine(quarantined, quarantine_dir, source)
+        report = replace(report, quarantine_path=str(written))
+    return LoadResult(events, report, written, quarantined)
+
+
+def _bool(column: str, dtype: pl.DataType) -> pl.Expr:
+    if dtype == pl.Boolean:
+        return pl.col(column)
+    if dtype.is_numeric():
+        return pl.col(column) != 0
+    text = _text(column).str.to_lowercase()
+    return pl.when(text.is_in(_TRUE)).then(True).when(text.is_in(_FALSE)).then(False).otherwise(None)
+
+
+def _load_table(
+    source: Path, required: tuple[str, ...], typed: dict[str, pl.Expr], checks: list[Check]
+) -> pl.DataFrame:
+    """Read a reference table, fail on any invalid row (no quarantine: it is small and curated)."""
+    scan = scan_source(source)
+    require_columns(list(_collect_schema(scan, source)), {c: c for c in required}, str(source), explicit_mapping=False)
+    reason, column = tag_expressions(checks)
+    frame = _collect(
+        scan.with_row_index(_ROW, offset=1)
+        .with_columns(reason.alias(_REASON), column.alias(_COLUMN))
+        .with_columns(**typed),
+        source,
+    )
+    tagged = frame.filter(pl.col(_REASON).is_not_null()).select(
+        pl.col(_ROW).alias(ROW), pl.col(_REASON).alias(REASON), pl.col(_COLUMN).alias(COLUMN)
+    )
+    raise_if_invalid(tagged, str(source))
+    body = frame.drop(_ROW, _REASON, _COLUMN)
+    return body.select(*typed, *(c for c in body.columns if c not in typed))
+
+
+def _id_checks(column: str) -> list[Check]:
+    return [
+        Check(
+            Reason.EMPTY_USER_ID if column == Columns.USER else Reason.EMPTY_ITEM_ID, column, _text(column).is_null()
+        ),
+        Check(Reason.DUPLICATE_ID, column, ~_text(column).is_first_distinct()),
+    ]
+
+
+def load_catalogue(path: str | Path) -> pl.DataFrame:
+    """Load the catalogue: ``item_id, category, brand, price, available`` first, free attributes kept.
+
+    Raises :class:`SchemaError` on missing columns, :class:`DataValidationError` on empty or
+    duplicate item ids and unparseable prices/availability (naming columns and first rows).
+    """
+    source = resolve_source(path, CATALOGUE_FILE)
+    schema = _collect_schema(scan_source(source), source)
+    require_columns(list(schema), {c: c for c in CATALOGUE_REQUIRED}, str(source), explicit_mapping=False)
+    typed = {
+        Columns.ITEM: _text(Columns.ITEM),
+        Columns.CATEGORY: _text(Columns.CATEGORY),
+        Columns.BRAND: _text(Columns.BRAND),
+        Columns.PRICE: _number(Columns.PRICE),
+        Columns.AVAILABLE: _bool(Columns.AVAILABLE, schema[Columns.AVAILABLE]),
+    }
+    checks = [
+        *_id_checks(Columns.ITEM),
+        Check(
+            Reason.UNPARSEABLE_PRICE, Columns.PRICE, _text(Columns.PRICE).is_not_null() & typed[Columns.PRICE].is_null()
+        ),
+        Check(
+            Reason.UNPARSEABLE_AVAILABLE,
+            Columns.AVAILABLE,
+            _text(Columns.AVAILABLE).is_not_null() & typed[Columns.AVAILABLE].is_null(),
+        ),
+    ]
+    return _load_table(source, CATALOGUE_REQUIRED, typed, checks)
+
+
+def load_users(path: str | Path) -> pl.DataFrame:
+    """Load users: ``user_id`` (+ ``segment``, ``region`` when present) first, other columns kept.
+
+    Raises :class:`SchemaError` when ``user_id`` is missing, :class:`DataValidationError` on empty or
+    duplicate user ids.
+    """
+    source = resolve_source(path, USERS_FILE)
+    schema = _collect_schema(scan_source(source), source)
+    require_columns(list(schema), {c: c for c in USERS_REQUIRED}, str(source), explicit_mapping=False)
+    typed = {c: _text(c) for c in (*USERS_REQUIRED, *USERS_OPTIONAL) if c in schema}
+    return _load_table(source, USERS_REQUIRED, typed, _id_checks(Columns.USER))
+
+
+__all__ = [
+    "CATALOGUE_FILE",
+    "EVENTS_FILE",
+    "EVENT_SCHEMA",
+    "USERS_FILE",
+    "LoadResult",
+    "load_catalogue",
+    "load_events",
+    "load_users",
+    "resolve_source",
+    "scan_source",
+    "write_quarantine",
+]
