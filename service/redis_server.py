@@ -129,8 +129,10 @@ def stop_redis(settings: Settings, *, port: int = DEFAULT_PORT, timeout_s: float
     pid = _running_pid(server)
     if pid is None:
         return False
+    # No retries: SHUTDOWN closes the connection, and redis-py's default retry would reconnect-and-wait.
+    client = redis.Redis.from_url(server.url, socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
     try:
-        redis.Redis.from_url(server.url, socket_timeout=timeout_s).shutdown()
+        client.shutdown()
     except redis.RedisError:
         os.kill(pid, 15)  # SIGTERM also makes redis-server flush and exit cleanly
     if not _wait(lambda: not _alive(pid), timeout_s):
@@ -201,13 +203,22 @@ def _running_pid(server: EmbeddedRedis) -> int | None:
 
 
 def _alive(pid: int) -> bool:
+    """True if ``pid`` runs. A zombie (exited, not yet reaped by init) counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True  # exists, owned by someone else
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # no procfs (macOS): trust kill(0)
+    return stat.rpartition(")")[2].split()[0] == "Z"
 
 
 def _ping(url: str) -> bool:

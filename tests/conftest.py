@@ -186,6 +186,7 @@ TINY_SCORES = StaticConfig(
     similar={
         "A": {"B": 0.9, "X": 0.8, "C": 0.7},
         "B": {"A": 0.5},
+        "D": {"G": 0.6, "E": 0.5},
         "E": {"F": 0.4, "D": 0.3},
         "G": {"A": 0.2},
     },
@@ -200,7 +201,7 @@ def tiny_store() -> TinyStore:
     * user lists (purchases excluded, X not in the catalogue, G kept: it is unavailable, filtered at
       serve time): u1 → G C B D (bought A); u2 → C B; u3 → A (bought D); u4 → empty (bought F); u9 → empty, segment
       bargain (users frame only)
-    * similar: A → B C; B → A; E → F D; G → A; others empty
+    * similar: A → B C; B → A; D → G E; E → F D; G → A; others empty
     * global: A12 D10 C4 B2 E1, then F (older purchase), H → A D C B E F H (G unavailable, X unknown)
     * categories: toys A C B; books D E F; garden H. Segments: vip A C B; bargain D B
     """

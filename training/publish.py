@@ -601,7 +601,7 @@ def _rows(
     valid = recs.item_ids != ""
     if keep is not None:
         valid &= np.isin(recs.item_ids, keep)
-    items, scores = recs.item_ids.tolist(), recs.scores.tolist()
+    items, scores = recs.item_ids.tolist(), significant(recs.scores).tolist()
     for row, query in enumerate(recs.query_ids.tolist()):
         mask = valid[row]
         if mask.all():
@@ -617,6 +617,16 @@ def _bought_lists(exclude: sp.csr_matrix | None, items: npt.NDArray[np.str_]) ->
         return None
     ptr, cols = exclude.indptr, exclude.indices
     return [items[cols[ptr[r] : ptr[r + 1]][:BOUGHT_MAX]].tolist() for r in range(exclude.shape[0])]
+
+
+def significant(scores: npt.NDArray[np.floating[Any]], digits: int = 7) -> npt.NDArray[np.float64]:
+    """Scores rounded to ``digits`` significant digits, so float32 noise (0.8999999761) shows as 0.9."""
+    values = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(values) & (values != 0)
+    magnitude = np.zeros_like(values)
+    magnitude[finite] = np.floor(np.log10(np.abs(values[finite])))
+    scale = 10.0 ** (digits - 1 - magnitude)
+    return np.where(finite, np.round(values * scale) / scale, values)
 
 
 def _segments(users: pl.DataFrame | None) -> dict[str, str]:

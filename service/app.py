@@ -1,0 +1,86 @@
+"""The Litestar application factory. Nothing is created at import time.
+
+    create_app(settings)   the app; its lifespan opens the async Redis pool and closes it on shutdown
+
+Run it with ``tailor serve`` or ``uvicorn --factory service.asgi:create_app``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from features.settings import Settings
+from service.engine import Engine
+from service.metrics import Metrics, MetricsMiddleware
+from service.problems import problem_response
+from service.redis_server import async_client, resolve_redis_url
+from service.routes import API_KEY_HEADER, OPEN_HANDLERS, api_router
+from service.store import Store
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """Build the service. ``settings`` default to the environment (this is an entrypoint)."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    return Litestar(
+        route_handlers=[*OPEN_HANDLERS, api_router()],
+        dependencies={"engine": Provide(_engine, sync_to_thread=False)},
+        exception_handlers={Exception: problem_response},
+        middleware=[MetricsMiddleware(metrics)],
+        lifespan=[_redis_lifespan(settings)],
+        state=State({"metrics": metrics, "api_keys": frozenset(settings.api_keys)}),
+        openapi_config=_openapi(),
+        debug=False,
+    )
+
+
+def _engine(state: State) -> Engine:
+    engine: Engine = state.engine
+    return engine
+
+
+def _redis_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
+    """Open the async pool on startup (and load the outage copy), close it on shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        client = async_client(resolve_redis_url(settings), settings)
+        engine = Engine(Store(client), app.state.metrics)
+        app.state.engine = engine
+        await engine.warm_up()
+        try:
+            yield
+        finally:
+            await client.aclose()
+            await client.connection_pool.disconnect()
+
+    return lifespan
+
+
+def _openapi() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="Tailor",
+        version=_version(),
+        description="Recommendations for online stores: precomputed in Redis, served with fallbacks.",
+        path="/schema",
+        render_plugins=[ScalarRenderPlugin()],
+        components=Components(
+            security_schemes={"apiKey": SecurityScheme(type="apiKey", name=API_KEY_HEADER, security_scheme_in="header")}
+        ),
+    )
+
+
+def _version() -> str:
+    try:
+        return version("tailor")
+    except PackageNotFoundError:
+        return "0.0.0"

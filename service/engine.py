@@ -1,0 +1,242 @@
+"""What the endpoints do: recommendations with the fallback chain, similar items, events, readiness.
+
+Recommendations for a user take three or four Redis round trips, all on one version:
+
+1. active version + the user's recent items + items bought since publish (one pipeline);
+2. the user's published list + similar-items lists of their recent items (one MGET);
+3. fallback lists not yet cached in memory (requested category, the user's segment, global);
+4. availability of the candidates (HMGET on the version's item metadata).
+
+Fallback lists of the active version are cached in memory (they never change within a version), and
+the latest global list is kept as the outage copy: when Redis is unreachable, recommendations come
+from it with ``degraded: true``. The copy is loaded at startup and refreshed whenever a request sees
+a new active version.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from service import ranking
+from service.contract import ActiveVersion, Keys, RecList
+from service.errors import InvalidInputError, NotFoundError, NotPublishedError, StoreUnavailableError
+from service.metrics import Metrics
+from service.ranking import Candidate
+from service.schemas import (
+    MAX_EXCLUDE,
+    MAX_ID_LENGTH,
+    EventIn,
+    EventsAccepted,
+    Ready,
+    RecommendationsOut,
+    RecommendedItem,
+    SimilarItem,
+    SimilarItemsOut,
+    Source,
+)
+from service.store import Store
+
+MAX_SEEDS: Final = 5
+"""Recent items whose similar-items lists are merged for "because you viewed"."""
+_META_CHUNK_MIN: Final = 32
+
+
+@dataclass(frozen=True)
+class Query:
+    """A validated recommendation request."""
+
+    user_id: str
+    k: int
+    category: str | None = None
+    exclude: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, user_id: str, k: int, category: str | None, exclude: str | None) -> Query:
+        """Check what the framework cannot (the exclude list); raises :class:`InvalidInputError`."""
+        items = ranking.parse_exclude(exclude)
+        if len(items) > MAX_EXCLUDE:
+            raise InvalidInputError.at("exclude", f"{len(items)} item ids; at most {MAX_EXCLUDE} allowed")
+        if any(len(i) > MAX_ID_LENGTH for i in items):
+            raise InvalidInputError.at("exclude", f"an item id is longer than {MAX_ID_LENGTH} characters")
+        return cls(user_id, k, category or None, tuple(items))
+
+
+class VersionCache:
+    """Fallback lists of the active version, and the outage copy (last good active + global list)."""
+
+    def __init__(self) -> None:
+        self.version: int | None = None
+        self.lists: dict[str, RecList] = {}
+        self.outage_copy: tuple[ActiveVersion, RecList] | None = None
+
+    def observe(self, active: ActiveVersion) -> None:
+        """Forget the lists of an older version once a newer one is active."""
+        if active.version != self.version:
+            self.version = active.version
+            self.lists = {}
+
+    def store(self, active: ActiveVersion, key: str, rec: RecList) -> None:
+        if active.version == self.version:
+            self.lists[key] = rec
+        if key == Keys.popular(active.version):
+            self.outage_copy = (active, rec)
+
+
+class Engine:
+    """The service's behaviour on top of :class:`Store`; one per app."""
+
+    def __init__(self, store: Store, metrics: Metrics) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.cache = VersionCache()
+
+    async def warm_up(self) -> None:
+        """Load the outage copy (startup). A Redis outage here is not an error: we just start cold."""
+        try:
+            active = await self.store.active()
+            if active is not None:
+                self.cache.observe(active)
+                await self._lists(active, [Keys.popular(active.version)])
+        except StoreUnavailableError:
+            return
+
+    # --- recommendations --------------------------------------------------------------------------------
+    async def recommend(self, query: Query) -> RecommendationsOut:
+        """Recommendations for one user; from the outage copy (degraded) when Redis is unreachable."""
+        try:
+            out = await self._recommend(query)
+        except StoreUnavailableError:
+            out = self._degraded(query)
+        self.metrics.recommendations.labels(out.source.value, str(out.degraded).lower()).inc()
+        return out
+
+    async def _recommend(self, query: Query) -> RecommendationsOut:
+        context = await self.store.user_context(query.user_id)
+        active = context.active
+        if active is None:
+            raise NotPublishedError("nothing has been published yet: run `tailor publish`")
+        self.cache.observe(active)
+        seeds = context.recent[:MAX_SEEDS]
+        user, similar = await self.store.user_lists(active.version, query.user_id, seeds)
+        streams = [
+            ranking.from_list(user, ranking.PERSONALIZED, Source.PERSONALIZED),
+            ranking.because_you_viewed(seeds, similar),
+            *await self._fallback_streams(active, query.category, user.segment if user else None),
+        ]
+        blocked = {*query.exclude, *context.bought, *(user.bought if user else ())}
+        chosen = await self._first_available(active.version, ranking.unique_allowed(streams, blocked), query.k)
+        return _response(query, chosen, active, degraded=False)
+
+    async def _fallback_streams(
+        self, active: ActiveVersion, category: str | None, segment: str | None
+    ) -> list[list[Candidate]]:
+        """Requested category first (explicit context), then the user's segment, then global."""
+        v = active.version
+        chain: list[tuple[str, str, Source]] = []
+        if category:
+            chain.append((Keys.popular_category(v, category), f"popular_in_category:{category}", Source.CATEGORY))
+        if segment:
+            chain.append((Keys.popular_segment(v, segment), f"popular_in_segment:{segment}", Source.SEGMENT))
+        chain.append((Keys.popular(v), ranking.POPULAR, Source.POPULAR))
+        lists = await self._lists(active, [key for key, _, _ in chain])
+        return [ranking.from_list(rec, reason, source) for rec, (_, reason, source) in zip(lists, chain, strict=True)]
+
+    async def _lists(self, active: ActiveVersion, keys: Sequence[str]) -> list[RecList | None]:
+        """Fallback lists from the memory cache, fetching (and caching) the missing ones."""
+        missing = [key for key in keys if key not in self.cache.lists]
+        for key, rec in zip(missing, await self.store.rec_lists(missing), strict=True):
+            if rec is not None:
+                self.cache.store(active, key, rec)
+        return [self.cache.lists.get(key) for key in keys]
+
+    async def _first_available(
+        self, version: int, candidates: list[Candidate], k: int
+    ) -> list[tuple[Candidate, str | None]]:
+        """The first ``k`` candidates that are available, with their category (metadata read in chunks)."""
+        chosen: list[tuple[Candidate, str | None]] = []
+        chunk = max(2 * k, _META_CHUNK_MIN)
+        for start in range(0, len(candidates), chunk):
+            part = candidates[start : start + chunk]
+            meta = await self.store.item_meta(version, [c.item_id for c in part])
+            for candidate in ranking.available(part, meta, k - len(chosen)):
+                item = meta[candidate.item_id]
+                chosen.append((candidate, item.category if item else None))
+            if len(chosen) >= k:
+                break
+        return chosen
+
+    def _degraded(self, query: Query) -> RecommendationsOut:
+        """Redis is unreachable: the in-memory global list minus the caller's exclusions."""
+        if self.cache.outage_copy is None:
+            raise StoreUnavailableError("Redis is unreachable and no popular list is cached in memory yet")
+        active, rec = self.cache.outage_copy
+        candidates = ranking.unique_allowed(
+            [ranking.from_list(rec, ranking.POPULAR, Source.POPULAR)], set(query.exclude)
+        )
+        return _response(query, [(c, None) for c in candidates[: query.k]], active, degraded=True)
+
+    # --- similar items, readiness, events -----------------------------------------------------------------
+    async def similar(self, item_id: str, k: int) -> SimilarItemsOut:
+        """Available items similar to ``item_id``; NotFoundError when the active version does not know it."""
+        active = await self._active()
+        (rec,) = await self.store.rec_lists([Keys.similar(active.version, item_id)])
+        if rec is None:
+            raise NotFoundError(f"item {item_id!r} is not in published version {active.version}", field="item_id")
+        candidates = ranking.from_list(rec, "similar", Source.PERSONALIZED)
+        chosen = await self._first_available(active.version, candidates, k)
+        items = [
+            SimilarItem(item_id=c.item_id, rank=rank, score=c.score, category=category)
+            for rank, (c, category) in enumerate(chosen, start=1)
+        ]
+        return SimilarItemsOut(
+            item_id=item_id, items=items, model_version=active.model_version, publish_version=active.version,
+            generated_at=active.generated_at,
+        )  # fmt: skip
+
+    async def ready(self) -> Ready:
+        """Redis answers and a version is active; raises UnavailableError otherwise."""
+        active = await self._active()
+        return Ready(
+            status="ready", publish_version=active.version, model_name=active.model_name,
+            model_version=active.model_version, generated_at=active.generated_at,
+        )  # fmt: skip
+
+    async def record(self, events: Sequence[EventIn]) -> EventsAccepted:
+        """Store events durably (stream + real-time state) before acknowledging them."""
+        try:
+            ids = await self.store.add_events(events, datetime.now(UTC))
+        except StoreUnavailableError as exc:
+            raise StoreUnavailableError(f"events cannot be stored right now; retry later ({exc.detail})") from exc
+        for event in events:
+            self.metrics.count_event(event.event_type)
+        return EventsAccepted(accepted=len(ids), event_ids=ids)
+
+    async def _active(self) -> ActiveVersion:
+        active = await self.store.active()
+        if active is None:
+            raise NotPublishedError("nothing has been published yet: run `tailor publish`")
+        return active
+
+
+def _response(
+    query: Query, chosen: list[tuple[Candidate, str | None]], active: ActiveVersion, *, degraded: bool
+) -> RecommendationsOut:
+    items = [
+        RecommendedItem(item_id=c.item_id, rank=rank, score=c.score, reason=c.reason, category=category)
+        for rank, (c, category) in enumerate(chosen, start=1)
+    ]
+    return RecommendationsOut(
+        user_id=query.user_id,
+        items=items,
+        source=chosen[0][0].source if chosen else Source.NONE,
+        degraded=degraded,
+        recommendation_id=uuid.uuid4().hex,
+        model_name=active.model_name,
+        model_version=active.model_version,
+        publish_version=active.version,
+        generated_at=active.generated_at,
+    )

@@ -1,0 +1,79 @@
+"""Serve-time rules as pure functions (no I/O), so each rule is tested on its own.
+
+A response is built from *streams* of candidates in priority order — the user's precomputed list,
+items similar to what they viewed recently, then the fallback lists (requested category, the user's
+segment, global). Streams are concatenated, duplicates and blocked items (the caller's exclusions,
+purchases) dropped, and the first ``k`` available items win.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import zip_longest
+
+from service.contract import ItemMeta, RecList
+from service.schemas import Source
+
+PERSONALIZED = "personalized"
+POPULAR = "popular"
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """An item proposed by one stream, with the reason shown to the caller."""
+
+    item_id: str
+    score: float
+    reason: str
+    source: Source
+
+
+def from_list(rec: RecList | None, reason: str, source: Source) -> list[Candidate]:
+    """Candidates of one ranked list (empty if the list does not exist)."""
+    if rec is None:
+        return []
+    return [Candidate(item, score, reason, source) for item, score in zip(rec.items, rec.scores, strict=True)]
+
+
+def because_you_viewed(seeds: Sequence[str], similar: Sequence[RecList | None]) -> list[Candidate]:
+    """Round-robin merge of the similar-items lists of recently viewed items, most recent seed first.
+
+    The seeds themselves are left out: "because you viewed X" never proposes X.
+    """
+    reasons = [f"because_you_viewed:{seed}" for seed in seeds]
+    streams = [from_list(rec, reason, Source.RECENT_VIEWS) for reason, rec in zip(reasons, similar, strict=True)]
+    seed_set = set(seeds)
+    merged = (c for row in zip_longest(*streams) for c in row if c is not None)
+    return [c for c in merged if c.item_id not in seed_set]
+
+
+def unique_allowed(streams: Iterable[Sequence[Candidate]], blocked: set[str]) -> list[Candidate]:
+    """All candidates in stream order, each item once (its first, best-placed occurrence), blocked ones dropped."""
+    seen = set(blocked)
+    out = []
+    for stream in streams:
+        for candidate in stream:
+            if candidate.item_id not in seen:
+                seen.add(candidate.item_id)
+                out.append(candidate)
+    return out
+
+
+def available(candidates: Sequence[Candidate], meta: Mapping[str, ItemMeta | None], k: int) -> list[Candidate]:
+    """The first ``k`` candidates whose metadata says available (no metadata = not in the catalogue = dropped)."""
+    out = []
+    for candidate in candidates:
+        item = meta.get(candidate.item_id)
+        if item is not None and item.available:
+            out.append(candidate)
+            if len(out) == k:
+                break
+    return out
+
+
+def parse_exclude(raw: str | None) -> list[str]:
+    """Comma-separated item ids, blanks ignored."""
+    if not raw:
+        return []
+    return [part.strip() for part in raw.split(",") if part.strip()]

@@ -1,0 +1,423 @@
+"""The HTTP service on a real redis-server, with lists published from the tiny store (known answers).
+
+Published lists (see ``tiny_store``): u1 → G C B D (G unavailable, bought A, segment vip); u2 → C B
+(vip); u3 → A (bought D, bargain); u4 → nothing; u9 → nothing, bargain. Global A D C B E F H;
+toys A C B; books D E F; garden H; vip A C B; bargain D B. Similar: A → B C; B → A; D → G E; E → F D.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from litestar.testing import TestClient
+
+from features.settings import Settings
+from service.app import create_app
+from service.contract import ActiveVersion, Keys, RecList, UserRecs, decode, encode
+from service.engine import Engine, Query
+from service.metrics import Metrics
+from service.schemas import MAX_BATCH
+from service.store import Store
+from tests.conftest import TINY_SCORES, StaticConfig, StaticModel, TinyStore
+from training.models.base import TrainData
+from training.publish import PublishInfo, PublishProgress, PublishSummary, publish
+
+KEY = "test-key"
+RECS = "/v1/users/{}/recommendations"
+
+
+@pytest.fixture
+def settings(tmp_path: Any, redis_url: str) -> Settings:
+    return Settings(home=tmp_path / ".tailor", redis_url=redis_url, api_keys=[KEY, "second-key"])
+
+
+def run_publish(store: TinyStore, client: redis.Redis, model: Any = None, **kwargs: Any) -> PublishSummary:
+    version = kwargs.pop("model_version", "1")
+    return publish(
+        model or store.model, events=store.events, catalogue=store.catalogue, users=store.users,
+        redis_client=client, info=PublishInfo(model_name="tiny", model_version=version), progress=False,
+        batch_users=2, **kwargs,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def published(tiny_store: TinyStore, redis_client: redis.Redis) -> PublishSummary:
+    return run_publish(tiny_store, redis_client)
+
+
+@pytest.fixture
+def client(settings: Settings, published: PublishSummary) -> Iterator[TestClient[Any]]:
+    with TestClient(create_app(settings)) as test_client:
+        test_client.headers["X-API-Key"] = KEY
+        yield test_client
+
+
+def recommend(client: TestClient[Any], user: str, **params: Any) -> dict[str, Any]:
+    response = client.get(RECS.format(user), params=params)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def items(body: dict[str, Any]) -> list[str]:
+    return [item["item_id"] for item in body["items"]]
+
+
+def reasons(body: dict[str, Any]) -> list[str]:
+    return [item["reason"] for item in body["items"]]
+
+
+def post_events(client: TestClient[Any], *events: dict[str, Any]) -> list[str]:
+    response = client.post("/v1/events", json={"events": list(events)})
+    assert response.status_code == 202, response.text
+    ids: list[str] = response.json()["event_ids"]
+    return ids
+
+
+# --- publish → serve round trip -----------------------------------------------------------------------
+def test_a_known_user_gets_their_list_without_unavailable_items(client: TestClient[Any]) -> None:
+    body = recommend(client, "u1", k=3)
+    assert items(body) == ["C", "B", "D"]  # G is unavailable
+    assert reasons(body) == ["personalized"] * 3
+    assert [i["rank"] for i in body["items"]] == [1, 2, 3]
+    assert [i["score"] for i in body["items"]] == [6.0, 5.0, 4.0]
+    assert [i["category"] for i in body["items"]] == ["toys", "toys", "books"]
+    assert (body["source"], body["degraded"]) == ("personalized", False)
+    assert (body["model_name"], body["model_version"], body["publish_version"]) == ("tiny", "1", 1)
+    assert len(body["recommendation_id"]) == 32
+    assert recommend(client, "u1", k=3)["recommendation_id"] != body["recommendation_id"]
+
+
+def test_top_up_to_k_skips_past_purchases_and_duplicates(client: TestClient[Any]) -> None:
+    body = recommend(client, "u1", k=6)  # vip adds nothing new (A bought, C B taken); global gives E F H
+    assert items(body) == ["C", "B", "D", "E", "F", "H"]
+    assert reasons(body) == ["personalized"] * 3 + ["popular"] * 3
+
+
+def test_the_segment_list_comes_before_the_global_one(client: TestClient[Any]) -> None:
+    body = recommend(client, "u3", k=3)  # bargain: D (bought) B; global: A D C ...
+    assert items(body) == ["A", "B", "C"]
+    assert reasons(body) == ["personalized", "popular_in_segment:bargain", "popular"]
+
+
+def test_a_user_known_only_by_segment_gets_the_segment_list(client: TestClient[Any]) -> None:
+    body = recommend(client, "u9", k=2)
+    assert (items(body), body["source"]) == (["D", "B"], "segment")
+    assert reasons(body) == ["popular_in_segment:bargain"] * 2
+
+
+def test_unknown_and_empty_users_get_the_global_list(client: TestClient[Any]) -> None:
+    assert items(recommend(client, "stranger", k=3)) == ["A", "D", "C"]
+    body = recommend(client, "u4", k=3)  # known, empty list, bought F
+    assert (items(body), body["source"]) == (["A", "D", "C"], "popular")
+
+
+def test_the_category_parameter_picks_the_first_fallback(client: TestClient[Any]) -> None:
+    body = recommend(client, "stranger", k=2, category="books")
+    assert (items(body), body["source"]) == (["D", "E"], "category")
+    assert reasons(body) == ["popular_in_category:books"] * 2
+    body = recommend(client, "stranger", k=5, category="garden")
+    assert items(body) == ["H", "A", "D", "C", "B"]
+    assert reasons(body) == ["popular_in_category:garden"] + ["popular"] * 4
+    assert items(recommend(client, "stranger", k=2, category="no-such-category")) == ["A", "D"]
+
+
+def test_excluded_items_are_left_out_and_topped_up(client: TestClient[Any]) -> None:
+    body = recommend(client, "u1", k=3, exclude="C, ,X")
+    assert items(body) == ["B", "D", "E"]
+
+
+def test_k_is_met_whenever_the_catalogue_allows(client: TestClient[Any]) -> None:
+    assert items(recommend(client, "stranger", k=100)) == list("ADCBEFH")  # every available item, once
+    assert items(recommend(client, "u1", k=100)) == list("CBDEFH")  # minus A, bought
+
+
+# --- similar items ----------------------------------------------------------------------------------------
+def test_similar_items(client: TestClient[Any]) -> None:
+    response = client.get("/v1/items/A/similar", params={"k": 2})
+    assert response.status_code == 200
+    body = response.json()
+    assert [(i["item_id"], i["rank"], i["score"]) for i in body["items"]] == [("B", 1, 0.9), ("C", 2, 0.7)]
+    assert (body["item_id"], body["model_version"], body["publish_version"]) == ("A", "1", 1)
+    assert [i["item_id"] for i in client.get("/v1/items/D/similar").json()["items"]] == ["E"]  # G unavailable
+    assert client.get("/v1/items/C/similar").json()["items"] == []
+
+
+def test_an_unknown_item_is_a_404_problem(client: TestClient[Any]) -> None:
+    response = client.get("/v1/items/nope/similar")
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["detail"] == "item 'nope' is not in published version 1"
+
+
+# --- events -------------------------------------------------------------------------------------------------
+def test_a_purchase_removes_the_item_from_the_next_response(client: TestClient[Any]) -> None:
+    assert items(recommend(client, "u2", k=1)) == ["C"]
+    response = client.post("/v1/events", json={"user_id": "u2", "item_id": "C", "event_type": "purchase"})
+    assert response.status_code == 202
+    assert response.json()["accepted"] == 1
+    assert items(recommend(client, "u2", k=1)) == ["B"]
+
+
+def test_views_make_an_unknown_shoppers_recommendations_personal(client: TestClient[Any]) -> None:
+    post_events(
+        client,
+        {"user_id": "newbie", "item_id": "A", "event_type": "view"},
+        {"user_id": "newbie", "item_id": "E", "event_type": "add_to_cart"},
+    )
+    body = recommend(client, "newbie", k=5)  # E is the most recent: F (E), B (A), D (E), C (A), then popular
+    assert items(body) == ["F", "B", "D", "C", "A"]
+    assert reasons(body) == [
+        "because_you_viewed:E", "because_you_viewed:A", "because_you_viewed:E", "because_you_viewed:A", "popular",
+    ]  # fmt: skip
+    assert body["source"] == "recent_views"
+
+
+def test_events_are_appended_to_the_stream(client: TestClient[Any], redis_client: redis.Redis) -> None:
+    ids = post_events(
+        client,
+        {"user_id": "u1", "item_id": "B", "event_type": "view", "timestamp": "2024-05-01T10:00:00",
+         "recommendation_id": "abc", "quantity": 2, "price": 1.5, "session_id": "s1"},
+        {"user_id": "u1", "item_id": "B", "event_type": "wishlist"},
+    )  # fmt: skip
+    entries: Any = redis_client.xrange(Keys.EVENTS)  # [(id, {field: value})] as bytes
+    assert [entry_id.decode() for entry_id, _ in entries] == ids
+    first = {k.decode(): v.decode() for k, v in entries[0][1].items()}
+    assert first == {
+        "user_id": "u1", "item_id": "B", "event_type": "view", "timestamp": "2024-05-01T10:00:00+00:00",
+        "quantity": "2.0", "price": "1.5", "session_id": "s1", "recommendation_id": "abc",
+    }  # fmt: skip
+    second = {k.decode() for k in entries[1][1]}
+    assert second == {"user_id", "item_id", "event_type", "timestamp"}  # any event type, default timestamp
+
+
+def test_recent_items_are_deduplicated_newest_first(client: TestClient[Any], redis_client: redis.Redis) -> None:
+    post_events(client, *({"user_id": "x", "item_id": i, "event_type": "view"} for i in ["A", "B", "A"]))
+    assert redis_client.lrange(Keys.recent("x"), 0, -1) == [b"A", b"B"]
+    assert redis_client.ttl(Keys.recent("x")) > 0
+
+
+# --- versions -------------------------------------------------------------------------------------------------
+def second_model(store: TinyStore) -> StaticModel:
+    config = StaticConfig(users={"u1": {"D": 9, "B": 8, "C": 7, "G": 6}}, similar=TINY_SCORES.similar)
+    return StaticModel(config).fit(TrainData(build_matrix_for(store)))
+
+
+def build_matrix_for(store: TinyStore) -> Any:
+    from features.matrix import build_matrix
+
+    return build_matrix(store.events)
+
+
+def test_responses_during_a_publish_are_entirely_the_previous_version(
+    client: TestClient[Any], tiny_store: TinyStore, redis_client: redis.Redis
+) -> None:
+    seen: list[tuple[int, str, list[str]]] = []
+
+    def read(step: PublishProgress) -> None:
+        body = recommend(client, "u1", k=4)
+        seen.append((body["publish_version"], body["model_version"], items(body)))
+
+    run_publish(tiny_store, redis_client, model=second_model(tiny_store), callback=read, model_version="2")
+    assert len(seen) >= 4
+    assert set(map(str, seen)) == {str((1, "1", ["C", "B", "D", "E"]))}
+    body = recommend(client, "u1", k=4)
+    assert (body["publish_version"], body["model_version"], items(body)) == (2, "2", ["D", "B", "C", "E"])
+
+
+class PublishBetweenReads(Store):
+    """Runs a whole publish after the active version is read and before the payloads are read."""
+
+    def __init__(self, client: aioredis.Redis, publish_now: Any) -> None:
+        super().__init__(client)
+        self.publish_now = publish_now
+
+    async def user_lists(self, version: int, user_id: str, seeds: Sequence[str]) -> tuple[Any, Any]:
+        self.publish_now()
+        return await super().user_lists(version, user_id, seeds)
+
+
+def test_a_reader_that_read_the_old_active_version_still_gets_it_whole(
+    published: PublishSummary, tiny_store: TinyStore, redis_client: redis.Redis, redis_url: str
+) -> None:
+    def publish_v2() -> None:
+        run_publish(tiny_store, redis_client, model=second_model(tiny_store), model_version="2")
+
+    async def read() -> Any:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            return await Engine(PublishBetweenReads(client, publish_v2), Metrics()).recommend(Query("u1", 4))
+        finally:
+            await client.aclose()
+
+    out = asyncio.run(read())
+    assert int(redis_client.get(Keys.VERSION_SEQ) or 0) == 2  # v2 was published and made active mid-request
+    assert (out.publish_version, out.model_version) == (1, "1")
+    assert [i.item_id for i in out.items] == ["C", "B", "D", "E"]
+
+
+def test_a_payload_schema_the_service_cannot_read_is_refused(
+    client: TestClient[Any], redis_client: redis.Redis
+) -> None:
+    raw = redis_client.get(Keys.ACTIVE)
+    assert isinstance(raw, bytes)
+    active = decode(raw, ActiveVersion)
+    newer = ActiveVersion(**{**{f: getattr(active, f) for f in active.__struct_fields__}, "schema": 99})
+    redis_client.set(Keys.ACTIVE, encode(newer))
+    response = client.get("/ready")
+    assert response.status_code == 503
+    assert "payload schema 99" in response.json()["detail"]
+
+
+# --- auth ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("headers", "detail"),
+    [({}, "missing X-API-Key header"), ({"X-API-Key": "wrong"}, "unknown X-API-Key")],
+)
+def test_requests_without_a_valid_key_get_a_401_problem(
+    client: TestClient[Any], headers: dict[str, str], detail: str
+) -> None:
+    del client.headers["X-API-Key"]
+    for method, url in [("GET", RECS.format("u1")), ("GET", "/v1/items/A/similar"), ("POST", "/v1/events")]:
+        response = client.request(
+            method, url, headers=headers, json={"user_id": "u", "item_id": "i", "event_type": "v"}
+        )
+        assert response.status_code == 401
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json() == {
+            "type": "about:blank", "title": "Unauthorized", "status": 401, "detail": detail, "instance": url,
+            "errors": [{"field": "X-API-Key", "message": detail}],
+        }  # fmt: skip
+
+
+def test_every_configured_key_works_and_open_routes_need_none(client: TestClient[Any]) -> None:
+    assert client.get(RECS.format("u1"), headers={"X-API-Key": "second-key"}).status_code == 200
+    del client.headers["X-API-Key"]
+    for url in ["/health", "/ready", "/metrics", "/schema", "/schema/openapi.json"]:
+        assert client.get(url).status_code == 200, url
+
+
+# --- bad input ----------------------------------------------------------------------------------------------
+LONG_ID = "x" * 129
+EVENT = {"user_id": "u1", "item_id": "A", "event_type": "view"}
+
+
+@pytest.mark.parametrize(
+    ("url", "field"),
+    [
+        (RECS.format("u1") + "?k=0", "k"),
+        (RECS.format("u1") + "?k=101", "k"),
+        (RECS.format("u1") + "?k=ten", "k"),
+        (RECS.format(LONG_ID), "user_id"),
+        (RECS.format("u1") + "?exclude=" + ",".join(f"i{n}" for n in range(101)), "exclude"),
+        (RECS.format("u1") + "?exclude=" + LONG_ID, "exclude"),
+        ("/v1/items/A/similar?k=0", "k"),
+        (f"/v1/items/{LONG_ID}/similar", "item_id"),
+    ],
+)
+def test_bad_query_input_is_a_400_naming_the_field(client: TestClient[Any], url: str, field: str) -> None:
+    response = client.get(url)
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert [e["field"] for e in body["errors"]] == [field]
+    assert body["detail"].startswith(f"{field}: ")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"events": [EVENT] * (MAX_BATCH + 1)}, "events"),
+        ({"events": []}, "events"),
+        ({"user_id": "u1", "item_id": "A"}, "event_type"),
+        ({"events": [EVENT, {"user_id": "u1", "event_type": "view"}]}, "events[1].item_id"),
+        ({**EVENT, "user_id": LONG_ID}, "user_id"),
+        ({**EVENT, "event_type": ""}, "event_type"),
+        ({**EVENT, "event_type": "e" * 33}, "event_type"),
+        ({**EVENT, "quantity": "two"}, "quantity"),
+        ({**EVENT, "timestamp": "yesterday"}, "timestamp"),
+        ([EVENT], "data"),
+        (None, "body"),
+    ],
+)
+def test_bad_events_are_a_400_naming_the_field(client: TestClient[Any], body: Any, field: str) -> None:
+    response = client.post("/v1/events", json=body) if body is not None else client.post("/v1/events")
+    assert response.status_code == 400, response.text
+    assert [e["field"] for e in response.json()["errors"]] == [field]
+
+
+def test_malformed_json_is_a_400_problem(client: TestClient[Any], redis_client: redis.Redis) -> None:
+    response = client.post("/v1/events", content=b'{"user_id": ', headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["detail"] == "body: not valid JSON (Input data was truncated)"
+    assert redis_client.xlen(Keys.EVENTS) == 0
+
+
+def test_a_rejected_batch_stores_nothing(client: TestClient[Any], redis_client: redis.Redis) -> None:
+    response = client.post("/v1/events", json={"events": [EVENT, {**EVENT, "item_id": ""}]})
+    assert response.status_code == 400
+    assert redis_client.xlen(Keys.EVENTS) == 0
+
+
+# --- operations ---------------------------------------------------------------------------------------------
+def test_ready_is_503_before_the_first_publish_and_200_after(
+    settings: Settings, tiny_store: TinyStore, redis_client: redis.Redis
+) -> None:
+    with TestClient(create_app(settings)) as test_client:
+        assert test_client.get("/health").json() == {"status": "ok"}
+        response = test_client.get("/ready")
+        assert response.status_code == 503
+        assert response.json()["title"] == "No recommendations published yet"
+        no_version = test_client.get(RECS.format("u1"), headers={"X-API-Key": KEY})
+        assert no_version.status_code == 503
+        run_publish(tiny_store, redis_client)
+        response = test_client.get("/ready")
+        assert response.status_code == 200
+        assert response.json()["publish_version"] == 1
+
+
+def test_metrics_expose_latency_and_counters(client: TestClient[Any]) -> None:
+    recommend(client, "u1", k=2)
+    recommend(client, "stranger", k=2)
+    post_events(client, {"user_id": "u1", "item_id": "B", "event_type": "purchase"})
+    text = client.get("/metrics").text
+    route = 'method="GET",route="/v1/users/{user_id}/recommendations"'
+    assert f"tailor_http_request_duration_seconds_count{{{route}}} 2.0" in text
+    assert 'tailor_recommendations_total{degraded="false",source="personalized"} 1.0' in text
+    assert 'tailor_recommendations_total{degraded="false",source="popular"} 1.0' in text
+    assert 'tailor_events_total{event_type="purchase"} 1.0' in text
+
+
+def test_each_app_has_its_own_metrics(settings: Settings, published: PublishSummary) -> None:
+    with TestClient(create_app(settings)) as first, TestClient(create_app(settings)) as second:
+        first.get(RECS.format("u1"), headers={"X-API-Key": KEY})
+        assert 'source="personalized"} 1.0' in first.get("/metrics").text
+        assert 'source="personalized"' not in second.get("/metrics").text
+
+
+def test_the_openapi_schema_lists_the_api(client: TestClient[Any]) -> None:
+    schema = client.get("/schema/openapi.json").json()
+    assert set(schema["paths"]) == {
+        "/health", "/ready", "/v1/users/{user_id}/recommendations", "/v1/items/{item_id}/similar", "/v1/events",
+    }  # fmt: skip
+    assert schema["components"]["securitySchemes"]["apiKey"]["name"] == "X-API-Key"
+    assert "RecommendationsOut" in schema["components"]["schemas"]
+
+
+def test_published_payloads_hold_external_ids_only(published: PublishSummary, redis_client: redis.Redis) -> None:
+    """Every list in the namespace decodes and names catalogue items, never matrix indices."""
+    lists = 0
+    for name in redis_client.scan_iter(match=Keys.namespace(published.version) + "*"):
+        key = name.decode()
+        kind = UserRecs if ":user:" in key else RecList if (":similar:" in key or ":popular" in key) else None
+        if kind is not None:
+            payload = decode(redis_client.get(name) or b"", kind, where=key)
+            assert set(payload.items) <= set("ABCDEFGH"), key
+            lists += 1
+    assert lists == 5 + 7 + 1 + 3 + 2  # users, similar, global, categories, segments
