@@ -7,10 +7,13 @@ from collections.abc import Sequence
 from fractions import Fraction
 
 import numpy as np
+import polars as pl
 import pytest
 import scipy.sparse as sp
 from pydantic import ValidationError
 
+from features.columns import Columns
+from features.feature_matrices import build_user_features, feature_rows
 from features.ids import IdMap
 from features.matrix import FeatureMatrix, InteractionMatrix
 from tests.test_models import GROUP_ITEMS, checkerboard
@@ -246,3 +249,31 @@ def test_lightfm_without_user_features_refuses_cold_rows() -> None:
     with pytest.raises(ModelError, match="without user features"):
         model.recommend_cold(sp.csr_matrix((1, 0)), 3)
     assert (model.recommend(["nobody"], 3).item_ids != "").all(), "mean user representation"
+
+
+def test_lightfm_accepts_feature_matrices_with_their_own_identity_block() -> None:
+    """``features.feature_matrices`` output (identity block first) and its cold-start rows."""
+    data = checkerboard()
+    users = data.interactions.users
+    segments = pl.DataFrame({Columns.USER: users.external, Columns.SEGMENT: [str(u)[1] for u in users.external]})
+    user_f = build_user_features(segments, users)
+    assert str(user_f.names[0]).startswith(f"{Columns.USER}=")
+    model = LightFM({"no_components": 8, "epochs": 30}).fit(TrainData(data.interactions, data.item_features, user_f))
+    assert model.user_feature_names.tolist() == ["segment=a", "segment=b"]
+    cold = feature_rows(pl.DataFrame({Columns.USER: ["new"], Columns.SEGMENT: ["b"]}), user_f)
+    assert cold.shape[1] == len(user_f.names)
+    recs = model.recommend_cold(cold, GROUP_ITEMS)
+    assert {str(i)[0] for i in recs.item_ids[0]} == {"b"}
+
+
+def test_diverging_fit_raises_and_keeps_the_previous_model() -> None:
+    data = checkerboard()
+    model = get_model_class("bpr")({"factors": 4, "iterations": 50, "num_threads": 1}).fit(data)
+    before = model.recommend(["ua0"], 3)
+    diverging = {"factors": 64, "learning_rate": 1.0, "regularization": 0.0, "iterations": 500, "num_threads": 1}
+    model.config = type(model.config).model_validate(diverging)
+    with pytest.raises(ModelError, match="NaN"):
+        model.fit(checkerboard(("c", "d")))
+    after = model.recommend(["ua0"], 3)
+    np.testing.assert_array_equal(before.item_ids, after.item_ids)
+    np.testing.assert_array_equal(before.scores, after.scores)

@@ -2,8 +2,10 @@
 
 Feature matrices are ``[identity | features]`` with each row scaled to sum to 1 (as LightFM's own
 ``Dataset`` does); feature columns come from ``TrainData.item_features`` / ``user_features`` when
-present and enabled, otherwise the model is identity-only (plain matrix factorisation). The model
-fits on the binary interaction pattern.
+present and enabled, otherwise the model is identity-only (plain matrix factorisation). An identity
+block already present in those matrices (``item_id=…``/``user_id=…`` columns, as
+``features.feature_matrices`` builds by default) is dropped and rebuilt over the interaction ids.
+The model fits on the binary interaction pattern.
 
 Cold start: a user unknown to the model gets the mean of the training users' *feature-only*
 representations (or of their full representations when no user features are used);
@@ -26,6 +28,8 @@ import scipy.sparse as sp
 from lightfm import LightFM as _LightFM
 from pydantic import Field
 
+from features.columns import Columns
+from features.feature_matrices import normalize_rows
 from features.ids import IdMap
 from features.matrix import FeatureMatrix
 from training.models._features import align_rows
@@ -43,14 +47,25 @@ from training.models.base import (
 _ARRAYS = ("item_embeddings", "item_biases", "user_embeddings", "user_biases")
 
 
+class _Side(NamedTuple):
+    """The feature columns used on one side (users or items)."""
+
+    rows: sp.csr_matrix | None  # feature rows aligned with the interaction ids; None = identity only
+    names: npt.NDArray[np.str_]  # the model's feature names (identity columns of the source dropped)
+    keep: npt.NDArray[np.int64]  # their positions among the source FeatureMatrix's columns
+    source_width: int  # number of columns of the source FeatureMatrix
+
+
 class _Inputs(NamedTuple):
     """What LightFM is fitted on, derived deterministically from :class:`TrainData`."""
 
     user_x: sp.csr_matrix  # [identity | user features], rows sum to 1
     item_x: sp.csr_matrix
-    user_side: sp.csr_matrix | None  # user feature rows alone (for the unknown-user mean)
-    user_names: npt.NDArray[np.str_]
-    item_names: npt.NDArray[np.str_]
+    user: _Side
+    item: _Side
+
+
+_NO_SIDE = _Side(None, np.empty(0, dtype=np.str_), np.empty(0, dtype=np.int64), 0)
 
 
 class LightFMConfig(ModelConfig):
@@ -74,13 +89,23 @@ def _with_identity(features: sp.csr_matrix | None, n: int) -> sp.csr_matrix:
     blocks = [sp.identity(n, dtype=np.float32, format="csr")]
     if features is not None:
         blocks.append(sp.csr_matrix(features, dtype=np.float32))
-    return _row_normalise(sp.hstack(blocks, format="csr"))
+    return normalize_rows(sp.hstack(blocks, format="csr"))
 
 
-def _row_normalise(matrix: sp.csr_matrix) -> sp.csr_matrix:
-    sums = np.asarray(abs(matrix).sum(axis=1), dtype=np.float32).ravel()
-    scale = np.divide(1.0, sums, out=np.zeros_like(sums), where=sums > 0)
-    return sp.csr_matrix(sp.diags(scale) @ matrix, dtype=np.float32)
+def _side(fm: FeatureMatrix | None, ids: IdMap, enabled: bool) -> _Side:
+    """Feature rows aligned with ``ids``, without any identity columns the source already has.
+
+    ``features.feature_matrices`` may put an ``item_id=…``/``user_id=…`` identity block first; the
+    model builds its own identity block over the interaction ids, so those columns are dropped.
+    """
+    if fm is None or not enabled:
+        return _NO_SIDE
+    names = np.asarray(fm.names, dtype=np.str_)
+    identity = np.char.startswith(names, f"{Columns.ITEM}=") | np.char.startswith(names, f"{Columns.USER}=")
+    keep = np.flatnonzero(~identity).astype(np.int64)
+    if not len(keep):
+        return _NO_SIDE._replace(source_width=len(names))
+    return _Side(sp.csr_matrix(align_rows(fm, ids)[:, keep]), names[keep], keep, len(names))
 
 
 @register
@@ -135,22 +160,12 @@ class LightFM(Recommender):
             random_state=c.random_state,
         )
 
-    def _side(
-        self, fm: FeatureMatrix | None, ids: IdMap, enabled: bool
-    ) -> tuple[sp.csr_matrix | None, npt.NDArray[np.str_]]:
-        """Feature rows aligned with ``ids`` and their names, or nothing when unused/absent."""
-        if fm is None or not enabled or fm.matrix.shape[1] == 0:
-            return None, np.empty(0, dtype=np.str_)
-        return align_rows(fm, ids), np.asarray(fm.names, dtype=np.str_)
-
     def _inputs(self, data: TrainData) -> _Inputs:
-        """LightFM's feature matrices (identity + features) and the names of the feature columns."""
+        """LightFM's feature matrices (identity + features) and the feature columns behind them."""
         users, items = data.interactions.users, data.interactions.items
-        user_f, user_names = self._side(data.user_features, users, self.config.use_user_features)
-        item_f, item_names = self._side(data.item_features, items, self.config.use_item_features)
-        return _Inputs(
-            _with_identity(user_f, len(users)), _with_identity(item_f, len(items)), user_f, user_names, item_names
-        )
+        user = _side(data.user_features, users, self.config.use_user_features)
+        item = _side(data.item_features, items, self.config.use_item_features)
+        return _Inputs(_with_identity(user.rows, len(users)), _with_identity(item.rows, len(items)), user, item)
 
     def _install(self, model: Any, inputs: _Inputs) -> None:
         """Adopt a fitted (or rebuilt) LightFM object and cache the representations it gives."""
@@ -159,26 +174,25 @@ class LightFM(Recommender):
         for label, arr in (("item", item_emb), ("user", user_emb)):
             if not np.isfinite(arr).all():
                 raise ModelError(f"lightfm: {label} embeddings contain NaN/inf (lower learning_rate?)")
-        self._model, self._user_side = model, inputs.user_side
-        self._user_names, self._item_names = inputs.user_names, inputs.item_names
+        self._model, self._sides = model, {"user": inputs.user, "item": inputs.item}
         self._item_bias, self._item_emb = np.asarray(item_bias, np.float32), np.asarray(item_emb, np.float32)
         self._user_bias, self._user_emb = np.asarray(user_bias, np.float32), np.asarray(user_emb, np.float32)
         self._unknown = self._unknown_representation()
 
     def _unknown_representation(self) -> tuple[float, npt.NDArray[np.float32]]:
         """Mean feature-only representation of training users (mean full one without features)."""
-        if self._user_side is None:
+        rows = self._sides["user"].rows
+        if rows is not None:
+            rows = rows[np.diff(rows.indptr) > 0]  # users that have any feature
+        if rows is None or rows.shape[0] == 0:
             return float(self._user_bias.mean()), self._user_emb.mean(axis=0)
-        with_features = np.flatnonzero(np.diff(self._user_side.indptr) > 0)
-        if not len(with_features):
-            return float(self._user_bias.mean()), self._user_emb.mean(axis=0)
-        bias, emb = self._feature_only(self._user_side[with_features])
+        bias, emb = self._feature_only(rows)
         return float(bias.mean()), emb.mean(axis=0)
 
     def _feature_only(self, rows: sp.csr_matrix) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """User representations from feature rows alone (identity block left empty)."""
         full = sp.hstack([sp.csr_matrix((rows.shape[0], len(self.users)), dtype=np.float32), rows], format="csr")
-        bias, emb = self._model.get_user_representations(_row_normalise(full))
+        bias, emb = self._model.get_user_representations(normalize_rows(full))
         return np.asarray(bias, np.float32), np.asarray(emb, np.float32)
 
     # --- scoring ---------------------------------------------------------------------------------
@@ -201,7 +215,7 @@ class LightFM(Recommender):
 
     def _cold_representation(self, rows: sp.csr_matrix) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """Feature-only representations; rows without any feature get the unknown-user mean."""
-        rows = self._check_feature_rows(rows, self.user_feature_names, "user")
+        rows = self._check_feature_rows(rows, "user")
         bias, emb = self._feature_only(rows)
         empty = np.diff(rows.indptr) == 0
         bias[empty], emb[empty] = self._unknown[0], self._unknown[1]
@@ -215,9 +229,12 @@ class LightFM(Recommender):
         exclude_items: Sequence[str] = (),
         query_ids: Sequence[str] | None = None,
     ) -> Recommendations:
-        """Top-k for new users described only by feature rows over :attr:`user_feature_names`.
+        """Top-k for new users described only by feature rows.
 
-        Build rows with :meth:`user_feature_rows`. ``query_ids`` label the rows (default ``"0"``...).
+        Rows are over :attr:`user_feature_names` (build them with :meth:`user_feature_rows`) or over
+        all columns of the training user ``FeatureMatrix`` (``features.feature_matrices.feature_rows``).
+        Rows without any feature get the unknown-user mean. ``query_ids`` label the rows
+        (default ``"0"``, ``"1"``, ...).
         """
         n = user_feature_rows.shape[0]
         labels = np.asarray(query_ids if query_ids is not None else np.arange(n).astype(str), dtype=np.str_)
@@ -235,9 +252,9 @@ class LightFM(Recommender):
         Unknown user ids get the unknown-user representation. Scores are comparable with
         :meth:`score` for the same users.
         """
-        rows = self._check_feature_rows(item_feature_rows, self.item_feature_names, "item")
+        rows = self._check_feature_rows(item_feature_rows, "item")
         full = sp.hstack([sp.csr_matrix((rows.shape[0], len(self.items)), dtype=np.float32), rows], format="csr")
-        item_bias, item_emb = self._model.get_item_representations(_row_normalise(full))
+        item_bias, item_emb = self._model.get_item_representations(normalize_rows(full))
         users = self.users.to_internal(np.asarray(user_ids, dtype=np.str_), strict=False)
         bias = np.where(users >= 0, self._user_bias[np.maximum(users, 0)], self._unknown[0])
         emb = np.where((users >= 0)[:, None], self._user_emb[np.maximum(users, 0)], self._unknown[1][None, :])
@@ -251,21 +268,30 @@ class LightFM(Recommender):
         """0/1 rows over :attr:`item_feature_names`, e.g. ``[["category=shoes", "brand=acme"]]``."""
         return _encode(features, self.item_feature_names, "item")
 
-    def _check_feature_rows(self, rows: sp.csr_matrix, names: npt.NDArray[np.str_], side: str) -> sp.csr_matrix:
+    def _check_feature_rows(self, rows: sp.csr_matrix, side: str) -> sp.csr_matrix:
+        """Rows over the model's feature names, or over the training FeatureMatrix's full columns
+        (as ``features.feature_matrices.feature_rows`` builds them; identity columns are dropped)."""
+        info = self._fitted_sides()[side]
         rows = sp.csr_matrix(rows, dtype=np.float32)
-        if not len(names):
+        if not len(info.names):
             raise ModelError(f"lightfm: the model was fitted without {side} features; cold {side}s need them")
-        if rows.shape[1] != len(names):
+        if rows.shape[1] == info.source_width and info.source_width != len(info.names):
+            rows = sp.csr_matrix(rows[:, info.keep])
+        if rows.shape[1] != len(info.names):
             raise ValueError(
-                f"{side} feature rows have {rows.shape[1]} columns; the model has {len(names)} {side} features"
+                f"{side} feature rows have {rows.shape[1]} columns; the model has {len(info.names)} {side} features "
+                f"({info.source_width} columns in the training feature matrix)"
             )
         return rows
 
     # --- persistence -----------------------------------------------------------------------------
-    def _names(self, side: str) -> npt.NDArray[np.str_]:
+    def _fitted_sides(self) -> dict[str, _Side]:
         if getattr(self, "_model", None) is None:
             raise ModelError("lightfm: model is not fitted")
-        return self._user_names if side == "user" else self._item_names
+        return self._sides
+
+    def _names(self, side: str) -> npt.NDArray[np.str_]:
+        return self._fitted_sides()[side].names
 
     def _save_state(self, folder: Path) -> None:
         for attr in _ARRAYS:
@@ -275,7 +301,7 @@ class LightFM(Recommender):
 
     def _load_state(self, folder: Path) -> None:
         inputs = self._inputs(self.data)
-        for side, names in (("user", inputs.user_names), ("item", inputs.item_names)):
+        for side, names in (("user", inputs.user.names), ("item", inputs.item.names)):
             saved = np.load(folder / f"lightfm_{side}_feature_names.npy", allow_pickle=False)
             if not np.array_equal(saved, names):
                 raise ModelError(
