@@ -140,6 +140,39 @@ def test_within_session_timestamps_increase_by_seconds_to_minutes(small: Synthet
     assert 20 <= np.median(seconds) <= 90
 
 
+def test_sessions_focus_on_the_category_of_their_first_view(small: SyntheticStore) -> None:
+    views = _of_type(small.events, EventType.VIEW).join(
+        small.catalogue.select(Columns.ITEM, Columns.CATEGORY), on=Columns.ITEM
+    )
+    later = (
+        views.sort(Columns.TIMESTAMP)
+        .with_columns(
+            pl.col(Columns.CATEGORY).first().over(Columns.SESSION).alias("focus"),
+            pl.int_range(pl.len()).over(Columns.SESSION).alias("position"),
+        )
+        .filter(pl.col("position") > 0)
+    )
+    same = (later[Columns.CATEGORY] == later["focus"]).mean()
+    assert isinstance(same, float)
+    assert same > 0.75  # category_focus = 0.8, plus wandering views that land in the category by chance
+
+
+def test_segments_shift_prices_and_categories(small: SyntheticStore) -> None:
+    relative = pl.col(Columns.PRICE) / pl.col(Columns.PRICE).median().over(Columns.CATEGORY)
+    items = small.catalogue.select(Columns.ITEM, Columns.CATEGORY, relative.alias("relative_price"))
+    family_likes = ["toys", "grocery", "pet_food", "garden"]
+    per_segment = (
+        _of_type(small.events, EventType.PURCHASE)
+        .join(items, on=Columns.ITEM)
+        .join(small.users, on=Columns.USER)
+        .group_by(Columns.SEGMENT)
+        .agg(pl.col("relative_price").mean(), pl.col(Columns.CATEGORY).is_in(family_likes).mean().alias("family"))
+    )
+    by = {row[Columns.SEGMENT]: row for row in per_segment.iter_rows(named=True)}
+    assert by["premium"]["relative_price"] > 1.5 * by["bargain"]["relative_price"]
+    assert by["family"]["family"] > by["premium"]["family"] + 0.15
+
+
 def test_funnel_ratios_are_in_the_documented_ranges(small: SyntheticStore) -> None:
     summary = small.summary()
     assert 0.08 <= _number(summary, "cart_per_view") <= 0.22

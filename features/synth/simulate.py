@@ -179,6 +179,7 @@ class _ViewSampler:
         self.bounds = np.searchsorted(category[self.order], np.arange(category.max() + 2))
         self.user, self.first_view, self.wander = user, first_view, wander
         self.item = np.zeros(len(user), dtype=np.int64)
+        self.fit = np.zeros(len(user), dtype=np.float64)
 
     def sample(self, uniform: FloatArray) -> tuple[IntArray, FloatArray]:
         """Item and fit of every view, with ``uniform`` one U(0, 1) draw per view."""
@@ -188,19 +189,22 @@ class _ViewSampler:
             v0, v1 = np.searchsorted(self.user, [u0, u0 + step])
             if v1 > v0:
                 self._sample_chunk(np.arange(u0, min(u0 + step, n_users)), np.arange(v0, v1), uniform)
-        return self.item, self.truth.pair_fit(self.user, self.item)
+        return self.item, self.fit
 
     def _sample_chunk(self, rows: IntArray, views: IntArray, uniform: FloatArray) -> None:
-        cdf = self._row_cdf(self.truth.utility(rows, self.order))
-        row = self.user[views] - rows[0]
-        free, focused = views[self.wander[views]], views[~self.wander[views]]
-        r_free, r_focused = row[self.wander[views]], row[~self.wander[views]]
-        last = len(self.order) - 1
-        self.item[free] = self.order[self._search(cdf, r_free, np.zeros(len(free), np.int64), last, uniform[free])]
+        utility = self.truth.utility(rows, self.order)
+        cdf = self._row_cdf(utility.copy())
+        row, draw = self.user[views] - rows[0], uniform[views]
+        col = np.zeros(len(views), dtype=np.int64)
+        free, focused = self.wander[views], ~self.wander[views]
+        col[free] = self._search(cdf, row[free], 0, len(self.order) - 1, draw[free])
+        self.item[views[free]] = self.order[col[free]]
         # A focused view stays in the category of its session's first view, which is a free draw above.
-        focus = self.category[self.item[self.first_view[focused]]]
+        focus = self.category[self.item[self.first_view[views[focused]]]]
         lo, hi = self.bounds[focus], self.bounds[focus + 1] - 1
-        self.item[focused] = self.order[self._search(cdf, r_focused, lo, hi, uniform[focused])]
+        col[focused] = self._search(cdf, row[focused], lo, hi, draw[focused])
+        self.item[views] = self.order[col]
+        self.fit[views] = utility[row, col] - self.truth.popularity[self.item[views]]
 
     @staticmethod
     def _row_cdf(utility: FloatArray) -> FloatArray:
@@ -213,7 +217,7 @@ class _ViewSampler:
         return utility.reshape(-1)
 
     def _search(
-        self, cdf: FloatArray, row: IntArray, lo: IntArray, hi: IntArray | int, uniform: FloatArray
+        self, cdf: FloatArray, row: IntArray, lo: IntArray | int, hi: IntArray | int, uniform: FloatArray
     ) -> IntArray:
         """Columns in [lo, hi] of each row, drawn with probability ∝ the row's softmax restricted there."""
         base = row * len(self.order)

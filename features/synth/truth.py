@@ -89,11 +89,6 @@ class GroundTruth:
         pop = self.popularity if items is None else self.popularity[items]
         return np.hstack([self._user_side(rows), ones]) @ np.hstack([self._item_side(items), pop[:, None]]).T
 
-    def pair_fit(self, rows: IntArray, items: IntArray) -> FloatArray:
-        """Fit of each (shopper, item) pair: ``fit(rows, items)`` diagonal, without the full matrix."""
-        taste_part = np.einsum("ij,ij->i", self.taste[rows], self.item_factors[items])
-        return np.asarray(taste_part - self.price_sensitivity[rows] * self.relative_price[items], dtype=np.float64)
-
     def _user_side(self, rows: IntArray) -> FloatArray:
         # fit = [taste, -price_sensitivity] · [factors, relative_price]: one matrix product.
         return np.hstack([self.taste[rows], -self.price_sensitivity[rows, None]])
