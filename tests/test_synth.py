@@ -428,3 +428,5 @@ def test_for_events_targets_the_event_count() -> None:
     assert 0.85 * 30_000 <= events <= 1.15 * 30_000
     with pytest.raises(ValueError, match="at least 100"):
         SynthConfig.for_events(10)
+    with pytest.raises(ValueError, match="picks the number of users"):
+        SynthConfig.for_events(1000, users=5)

@@ -69,6 +69,8 @@ class SynthConfig(BaseModel):
         """
         if n_events < 100:
             raise ValueError(f"n_events must be at least 100, got {n_events}")
+        if "users" in overrides:
+            raise ValueError("for_events picks the number of users; to fix it, build SynthConfig(users=...) directly")
         overrides.setdefault("sessions_per_user_week", 1.0)
         items = overrides.pop("items", max(40, round(1.5 * math.sqrt(n_events))))
         pilot = cls(users=_PILOT_USERS, items=items, days=days, seed=seed, **overrides)

@@ -41,7 +41,7 @@ _EVENT_NAMES = (EventType.VIEW.value, EventType.ADD_TO_CART.value, EventType.PUR
 _FILES = {"events": "events.parquet", "catalogue": "catalogue.parquet", "users": "users.parquet"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SyntheticStore:
     """Events, catalogue and shoppers of a synthetic store, with the ground truth that generated them."""
 
@@ -184,7 +184,6 @@ def _summary(store: SyntheticStore) -> dict[str, object]:
     counts = dict(ev[Columns.EVENT].value_counts().iter_rows())
     views, carts, buys = (int(counts.get(name, 0)) for name in _EVENT_NAMES)
     per_item = ev[Columns.ITEM].value_counts()["count"].sort(descending=True).to_numpy()
-    first, last = (ev[Columns.TIMESTAMP].min(), ev[Columns.TIMESTAMP].max()) if ev.height else (None, None)
     return {
         "events": ev.height,
         "users": store.users.height,
@@ -192,8 +191,7 @@ def _summary(store: SyntheticStore) -> dict[str, object]:
         "items": store.catalogue.height,
         "sessions": ev[Columns.SESSION].n_unique(),
         "counts": {name: int(counts.get(name, 0)) for name in _EVENT_NAMES},
-        "first_event": _iso(first),
-        "last_event": _iso(last),
+        **_time_span(ev[Columns.TIMESTAMP]),
         "cart_per_view": carts / views if views else 0.0,
         "purchase_per_cart": buys / carts if carts else 0.0,
         "repeat_purchase_share": repeat_purchase_share(ev),
@@ -204,8 +202,15 @@ def _summary(store: SyntheticStore) -> dict[str, object]:
     }
 
 
-def _iso(value: object) -> str | None:
-    return value.isoformat() if isinstance(value, datetime) else None
+def _time_span(timestamps: pl.Series) -> dict[str, object]:
+    first, last = timestamps.min(), timestamps.max()
+    if not (isinstance(first, datetime) and isinstance(last, datetime)):
+        return {"first_event": None, "last_event": None, "span_days": 0.0}
+    return {
+        "first_event": first.isoformat(),
+        "last_event": last.isoformat(),
+        "span_days": (last - first).total_seconds() / 86_400,
+    }
 
 
 def _top_share(per_item: npt.NDArray[np.int64], fraction: float, n_items: int) -> float:
@@ -247,11 +252,11 @@ def write_store(store: SyntheticStore, out_dir: Path) -> dict[str, Path]:
 
 
 def _move_into_place(staging: Path, out_dir: Path) -> dict[str, Path]:
-    old_truth = out_dir / "truth"
-    if old_truth.exists():
-        shutil.rmtree(old_truth)
-    os.replace(staging / "truth", old_truth)
-    paths = {"truth": old_truth}
+    truth = out_dir / "truth"
+    if truth.exists():  # set aside inside staging (deleted with it), then swap the new folder in
+        os.replace(truth, staging / "truth.old")
+    os.replace(staging / "truth", truth)
+    paths = {"truth": truth}
     for key, name in [*_FILES.items(), ("config", "config.json")]:
         os.replace(staging / name, out_dir / name)
         paths[key] = out_dir / name
