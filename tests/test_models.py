@@ -18,6 +18,7 @@ import scipy.sparse as sp
 from pydantic import ValidationError
 
 import training.models  # noqa: F401  (registers the built-in models)
+import training.models.base as base_module
 from features.ids import IdMap
 from features.matrix import FeatureMatrix, InteractionMatrix
 from training.models.base import REGISTRY, ModelError, Recommender, TrainData, get_model_class
@@ -219,6 +220,20 @@ def test_save_load_identical(fitted: dict[str, Recommender], name: str, tmp_path
     a, b = model.similar_items(ITEMS, 4), loaded.similar_items(ITEMS, 4)
     np.testing.assert_array_equal(a.item_ids, b.item_ids)
     np.testing.assert_array_equal(a.scores, b.scores)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_scoring_in_blocks_gives_the_same_answer(
+    fitted: dict[str, Recommender], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = fitted[name]
+    queries = np.append(USERS, "nobody")
+    whole, whole_sim = model.recommend(queries, 5, filter_seen=False), model.similar_items(ITEMS, 5)
+    monkeypatch.setattr(base_module, "_SCORE_BUDGET", 3 * N_ITEMS)  # three rows per block
+    blocks, blocks_sim = model.recommend(queries, 5, filter_seen=False), model.similar_items(ITEMS, 5)
+    for a, b in ((whole, blocks), (whole_sim, blocks_sim)):
+        np.testing.assert_array_equal(a.item_ids, b.item_ids)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)  # BLAS may round by block shape
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -207,16 +207,13 @@ class Recommender(ABC):
         users = np.asarray(user_ids, dtype=np.str_)
         rows = self.users.to_internal(users, strict=False)
         exclude = self._check_query(users, k, exclude)
-        chunk = max(1, _SCORE_BUDGET // max(1, len(self.items)))  # bounds the dense score block
-        parts_idx, parts_top = [], []
-        for start in range(0, max(1, len(rows)), chunk):
-            sl = slice(start, start + chunk)
+
+        def block(sl: slice) -> npt.NDArray[np.float32]:
             scores = self.score(rows[sl])
             self._mask(scores, rows[sl], filter_seen, exclude[sl] if exclude is not None else None, exclude_items)
-            idx, top = topk_from_scores(scores, k)
-            parts_idx.append(idx)
-            parts_top.append(top)
-        return pack_topk(users, self.items, np.concatenate(parts_idx), np.concatenate(parts_top))
+            return scores
+
+        return pack_topk(users, self.items, *self._topk_in_blocks(len(rows), k, block))
 
     def score(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         """Dense scores ``len(rows) × n_items``; rows ``-1`` (unknown users) use ``_score_unknown``."""
@@ -235,13 +232,25 @@ class Recommender(ABC):
         items = np.asarray(item_ids, dtype=np.str_)
         rows = self.items.to_internal(items, strict=False)
         _check_k(k)
-        scores = np.full((len(rows), len(self.items)), -np.inf, dtype=np.float32)
-        known = rows >= 0
-        if known.any():
-            scores[known] = self._similar_scores(rows[known])
-            scores[np.flatnonzero(known), rows[known]] = -np.inf
-        idx, top = topk_from_scores(scores, k)
-        return pack_topk(items, self.items, idx, top)
+
+        def block(sl: slice) -> npt.NDArray[np.float32]:
+            part = rows[sl]
+            scores = np.full((len(part), len(self.items)), -np.inf, dtype=np.float32)
+            known = np.flatnonzero(part >= 0)
+            if len(known):
+                scores[known] = self._similar_scores(part[known])
+                scores[known, part[known]] = -np.inf
+            return scores
+
+        return pack_topk(items, self.items, *self._topk_in_blocks(len(rows), k, block))
+
+    def _topk_in_blocks(
+        self, n: int, k: int, block: Callable[[slice], npt.NDArray[np.float32]]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Top-k of ``n`` dense score rows produced ``block(slice)`` by slice, bounding memory."""
+        chunk = max(1, _SCORE_BUDGET // max(1, len(self.items)))
+        parts = [topk_from_scores(block(slice(start, start + chunk)), k) for start in range(0, max(1, n), chunk)]
+        return np.concatenate([idx for idx, _ in parts]), np.concatenate([top for _, top in parts])
 
     def get_config(self) -> dict[str, Any]:
         """The config as a plain dict; ``type(self)(model.get_config())`` rebuilds it."""
