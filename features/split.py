@@ -114,10 +114,12 @@ def temporal_split(
     cut = _resolve_cutoff(cutoff, test_days, start, end)
     train = events.filter(pl.col(Columns.TIMESTAMP) < cut)
     test = _targets(events, cut, tuple(target_events))
-    if exclude_train_items:
-        test = test.join(train.select(Columns.USER, Columns.ITEM).unique(), on=[Columns.USER, Columns.ITEM], how="anti")
-    if min_train_interactions > 0:
-        test = test.join(_active_users(train, min_train_interactions), on=Columns.USER, how="semi")
+    if exclude_train_items or min_train_interactions > 0:
+        history = _history_of(test, train)
+        if exclude_train_items:
+            test = test.join(history, on=[Columns.USER, Columns.ITEM], how="anti")
+        if min_train_interactions > 0:
+            test = test.join(_active_users(history, min_train_interactions), on=Columns.USER, how="semi")
     _check_not_empty(train, test, cut, start, end, tuple(target_events))
     test = test.sort(Columns.USER, Columns.TIMESTAMP, Columns.ITEM)
     users = test[Columns.USER].unique().sort().to_numpy().astype(np.str_)
@@ -195,8 +197,14 @@ def _targets(events: pl.DataFrame, cut: datetime, target_events: tuple[str, ...]
     return after.sort(Columns.TIMESTAMP).unique(subset=[Columns.USER, Columns.ITEM], keep="first", maintain_order=True)
 
 
-def _active_users(train: pl.DataFrame, min_items: int) -> pl.DataFrame:
-    counts = train.group_by(Columns.USER).agg(pl.col(Columns.ITEM).n_unique().alias("_n"))
+def _history_of(test: pl.DataFrame, train: pl.DataFrame) -> pl.DataFrame:
+    """Training ``(user, item)`` rows of the test users only: far fewer rows to hash than all of train."""
+    users = test.select(Columns.USER).unique()
+    return train.select(Columns.USER, Columns.ITEM).join(users, on=Columns.USER, how="semi")
+
+
+def _active_users(history: pl.DataFrame, min_items: int) -> pl.DataFrame:
+    counts = history.group_by(Columns.USER).agg(pl.col(Columns.ITEM).n_unique().alias("_n"))
     return counts.filter(pl.col("_n") >= min_items).select(Columns.USER)
 
 
