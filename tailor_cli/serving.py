@@ -1,9 +1,214 @@
-"""``tailor publish / serve / redis``: the champion to Redis, and the HTTP service."""
+"""``tailor publish / serve / redis``: the champion to Redis, and the HTTP service.
+
+``publish`` and ``serve`` start the embedded Redis first when ``REDIS_URL`` is not set. Errors a
+user can fix (unknown model URI, missing data, Redis not startable, a publish already running)
+print one red line and exit with code 2.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
 import typer
+
+from tailor_cli.common import console, load_settings
+
+if TYPE_CHECKING:
+    from features.mapping import EventMapping
+    from training.publish import PublishSummary
+
+PANEL = "3. Serving"
+EXIT_USAGE = 2
+
+redis_app = typer.Typer(no_args_is_help=True, help="Run the embedded Redis (unless REDIS_URL points elsewhere).")
+
+
+def _fail(message: str) -> NoReturn:
+    console.print(f"error: {message}", style="bold red", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_USAGE)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """One clear line and exit 2 for errors caused by input or environment, not by a bug."""
+    import redis
+
+    from features.errors import TailorDataError
+    from service.redis_server import RedisServerError
+    from training.models.base import ModelError
+    from training.publish import PublishError
+    from training.tracking import TrackingError
+
+    try:
+        yield
+    except (TailorDataError, ModelError, TrackingError, PublishError, RedisServerError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    except redis.ConnectionError as exc:
+        _fail(f"cannot reach Redis: {exc}")
+
+
+def _mapping(preset: str | None, mapping_file: Path | None) -> EventMapping | None:
+    from features.mapping import get_preset, load_mapping
+
+    if preset and mapping_file:
+        _fail("give either --preset or --mapping, not both")
+    if mapping_file is not None:
+        return load_mapping(mapping_file)
+    return get_preset(preset) if preset else None
+
+
+# --- publish ---------------------------------------------------------------------------------------------
+def publish(
+    data: Annotated[
+        Path,
+        typer.Option("--data", "-d", help="Events file, or a store folder with events.parquet (+ catalogue, users)"),
+    ],
+    model_uri: Annotated[
+        str | None,
+        typer.Option("--model-uri", "-m", help="MLflow model URI (default models:/<TAILOR_MODEL_NAME>@champion)"),
+    ] = None,
+    catalogue: Annotated[
+        Path | None, typer.Option("--catalogue", help="Catalogue file (default: the store folder's catalogue.parquet)")
+    ] = None,
+    users: Annotated[
+        Path | None,
+        typer.Option("--users", help="Users file with segments (default: the store folder's users.parquet)"),
+    ] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="Built-in column mapping of the events")] = None,
+    mapping: Annotated[Path | None, typer.Option("--mapping", help="Column mapping file (TOML/JSON)")] = None,
+    top_n: Annotated[
+        int | None, typer.Option("--top-n", min=1, max=1000, help="Items stored per user and per item (default 100)")
+    ] = None,
+    fallback_days: Annotated[
+        float, typer.Option("--fallback-days", min=0.01, help="Window of the popular lists, in days")
+    ] = 30.0,
+    batch_users: Annotated[int, typer.Option("--batch-users", min=1, help="Users scored per batch")] = 2048,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar")] = True,
+) -> None:
+    """Write a registered model's recommendations to Redis and make them the version the service serves."""
+    from training.publish import publish_from_registry
+    from training.tracking import quiet_mlflow
+
+    settings = load_settings()
+    uri = model_uri or f"models:/{settings.model_name}@champion"
+    with _user_errors(), quiet_mlflow():
+        summary = publish_from_registry(
+            uri, data, settings, mapping=_mapping(preset, mapping), catalogue_path=catalogue, users_path=users,
+            top_n=top_n, fallback_days=fallback_days, batch_users=batch_users, progress=progress,
+        )  # fmt: skip
+    _print_summary(uri, summary)
+
+
+def _print_summary(model_uri: str, summary: PublishSummary) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"published {model_uri} as version {summary.version}", title_justify="left")
+    for column in ("users", "items", "keys", "MB", "seconds", "users/s", "users/s writing"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        f"{summary.users:,}", f"{summary.items:,}", f"{summary.keys:,}", f"{summary.bytes / 1e6:,.1f}",
+        f"{summary.seconds:,.2f}", f"{summary.users_per_s:,.0f}", f"{summary.users_written_per_s:,.0f}",
+    )  # fmt: skip
+    console.print(table)
+
+
+# --- serve ---------------------------------------------------------------------------------------------------
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="Bind address (default TAILOR_HOST)")] = None,
+    port: Annotated[int | None, typer.Option("--port", "-p", help="Port (default TAILOR_PORT)")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", "-w", min=1, help="Worker processes")] = None,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request")] = False,
+) -> None:
+    """Run the HTTP service with uvicorn (production settings: no reload, access log off by default)."""
+    import uvicorn
+
+    from service.redis_server import ensure_redis
+
+    settings = load_settings()
+    with _user_errors():
+        url = ensure_redis(settings)
+    # Workers build their own Settings from the environment: hand them the Redis actually in use.
+    os.environ["REDIS_URL"] = url
+    console.print(f"Redis: {url}", highlight=False)
+    uvicorn.run(
+        "service.asgi:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers or settings.workers,
+        access_log=access_log,
+        reload=False,
+        proxy_headers=True,
+        log_level="info",
+    )
+
+
+# --- redis -----------------------------------------------------------------------------------------------------
+@redis_app.command("start")
+def redis_start() -> None:
+    """Start the embedded Redis (no-op if it runs, or if REDIS_URL is set)."""
+    from service.redis_server import ensure_redis
+
+    with _user_errors():
+        url = ensure_redis(load_settings())
+    console.print(f"Redis running at {url}", highlight=False)
+
+
+@redis_app.command("stop")
+def redis_stop() -> None:
+    """Stop the embedded Redis (its data stays in <home>/redis and comes back on start)."""
+    from service.redis_server import stop_redis
+
+    settings = load_settings()
+    if settings.redis_url:
+        _fail("REDIS_URL is set: that Redis is not Tailor's to stop")
+    with _user_errors():
+        stopped = stop_redis(settings)
+    console.print("Redis stopped" if stopped else "Redis was not running")
+
+
+@redis_app.command("status")
+def redis_status() -> None:
+    """Show which Redis is in use, whether it answers, and the published version. Exit 1 if it is down."""
+    from service.redis_server import redis_status as status_of
+
+    status = status_of(load_settings())
+    kind = "embedded" if status.embedded else "external (REDIS_URL)"
+    state = f"running (pid {status.pid})" if status.running and status.pid else "running" if status.running else "down"
+    console.print(f"{kind} Redis at {status.url}: {state}", highlight=False)
+    if status.directory is not None:
+        console.print(f"data folder: {status.directory}", highlight=False)
+    if not status.running:
+        raise typer.Exit(1)
+    _print_active(status.url)
+
+
+def _print_active(url: str) -> None:
+    import redis
+
+    from training.publish import active_version
+
+    client = redis.Redis.from_url(url)
+    try:
+        active = active_version(client)
+    finally:
+        client.close()
+    if active is None:
+        console.print("nothing published yet: run `tailor publish`")
+        return
+    console.print(
+        f"active version {active.version}: {active.model_name} v{active.model_version} (run {active.run_id}), "
+        f"{active.users:,} users, {active.items:,} items, published {active.generated_at:%Y-%m-%d %H:%M:%S} UTC",
+        highlight=False,
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add the serving commands to the root app."""
+    app.command(name="publish", rich_help_panel=PANEL)(publish)
+    app.command(name="serve", rich_help_panel=PANEL)(serve)
+    app.add_typer(redis_app, name="redis", rich_help_panel=PANEL)

@@ -8,9 +8,13 @@ toys A C B; books D E F; garden H; vip A C B; bargain D B. Similar: A → B C; B
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import httpx
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -21,9 +25,10 @@ from service.app import create_app
 from service.contract import ActiveVersion, Keys, RecList, UserRecs, decode, encode
 from service.engine import Engine, Query
 from service.metrics import Metrics
+from service.ranking import because_you_viewed
 from service.schemas import MAX_BATCH
 from service.store import Store
-from tests.conftest import TINY_SCORES, StaticConfig, StaticModel, TinyStore
+from tests.conftest import TINY_SCORES, StaticConfig, StaticModel, TinyStore, free_port
 from training.models.base import TrainData
 from training.publish import PublishInfo, PublishProgress, PublishSummary, publish
 
@@ -421,3 +426,34 @@ def test_published_payloads_hold_external_ids_only(published: PublishSummary, re
             assert set(payload.items) <= set("ABCDEFGH"), key
             lists += 1
     assert lists == 5 + 7 + 1 + 3 + 2  # users, similar, global, categories, segments
+
+
+def test_because_you_viewed_interleaves_seeds_and_skips_them() -> None:
+    similar = [RecList(items=["x", "a", "y"], scores=[3, 2, 1]), None, RecList(items=["z", "x"], scores=[5, 4])]
+    merged = because_you_viewed(["a", "b", "c"], similar)
+    assert [(c.item_id, c.reason) for c in merged] == [
+        ("x", "because_you_viewed:a"),
+        ("z", "because_you_viewed:c"),
+        ("x", "because_you_viewed:c"),
+        ("y", "because_you_viewed:a"),
+    ]  # fmt: skip  ("a" is a seed; the duplicate "x" is removed later by unique_allowed)
+
+
+def test_tailor_serve_runs_the_app_factory_under_uvicorn(
+    redis_url: str, published: PublishSummary, tmp_path: Any
+) -> None:
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": redis_url, "TAILOR_HOME": str(tmp_path), "TAILOR_API_KEYS": KEY}
+    command = [sys.executable, "-m", "tailor_cli", "serve", "--port", str(port)]
+    server = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stderr is not None
+        for line in server.stderr:  # blocks until uvicorn reports the lifespan ran (or the process ends)
+            if "Application startup complete" in line:
+                break
+        response = httpx.get(f"http://127.0.0.1:{port}{RECS.format('u1')}?k=3", headers={"X-API-Key": KEY})
+        assert response.status_code == 200
+        assert items(response.json()) == ["C", "B", "D"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
