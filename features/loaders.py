@@ -74,6 +74,7 @@ _ISO_FORMATS: Final = (
     "%Y-%m-%d",
 )
 _EPOCH_TO_US: Final = {"epoch_s": 1_000_000.0, "epoch_ms": 1_000.0}
+_SNIFF_ROWS: Final = 200  # values used to order the ISO patterns
 _TRUE: Final = ("true", "t", "yes", "y", "1")
 _FALSE: Final = ("false", "f", "no", "n", "0")
 
@@ -146,8 +147,8 @@ def _collect(frame: pl.LazyFrame, source: Path) -> pl.DataFrame:
 
 def _text(column: str) -> pl.Expr:
     """The column as trimmed text; blank becomes null."""
-    text = pl.col(column).cast(pl.Utf8).str.strip_chars()
-    return pl.when(text.str.len_bytes() == 0).then(None).otherwise(text)
+    # One expression on purpose: referring to the stripped text twice (when/then) strips it twice.
+    return pl.col(column).cast(pl.Utf8).str.strip_chars().replace("", None)
 
 
 def _id(column: str, strip_float: bool) -> pl.Expr:
@@ -161,10 +162,9 @@ def _number(column: str) -> pl.Expr:
 
 
 def _parse_text_time(text: pl.Expr, fmt: str) -> pl.Expr:
+    """Parse text with one concrete format (``epoch_s``, ``epoch_ms`` or a strptime pattern)."""
     if fmt in _EPOCH_TO_US:
         return _from_epoch(text.cast(pl.Float64, strict=False), fmt)
-    if fmt == "iso":
-        return pl.coalesce([_parse_text_time(text, iso) for iso in _ISO_FORMATS])
     parsed = text.str.to_datetime(fmt, time_unit="us", strict=False)
     # A pattern with an offset (%z, %:z, %#z) yields UTC-aware times; the contract is naive UTC.
     return parsed.dt.replace_time_zone(None) if re.search(r"%[#:]*z", fmt) else parsed
@@ -175,8 +175,13 @@ def _from_epoch(seconds_or_ms: pl.Expr, fmt: str) -> pl.Expr:
     return micros.cast(pl.Datetime("us"))
 
 
-def _time(column: str, dtype: pl.DataType, formats: tuple[str, ...], source: Path) -> pl.Expr:
-    """Contract timestamps from a typed (datetime/date/epoch number) or text column."""
+def _is_text_time(dtype: pl.DataType) -> bool:
+    """Times in this column are text to parse (not datetimes, dates or epoch numbers)."""
+    return not (isinstance(dtype, pl.Datetime | pl.Date) or dtype.is_numeric())
+
+
+def _typed_time(column: str, dtype: pl.DataType, formats: tuple[str, ...], source: Path) -> pl.Expr:
+    """Contract timestamps from a typed column: datetime (any zone), date, or epoch numbers."""
     col = pl.col(column)
     if isinstance(dtype, pl.Datetime):
         if dtype.time_zone:
@@ -184,15 +189,44 @@ def _time(column: str, dtype: pl.DataType, formats: tuple[str, ...], source: Pat
         return col.cast(pl.Datetime("us"))
     if isinstance(dtype, pl.Date):
         return col.cast(pl.Datetime("us"))
-    if dtype.is_numeric():
-        epochs = [fmt for fmt in formats if fmt in _EPOCH_TO_US]
-        if not epochs:
-            raise MappingError(
-                f"time column '{column}' of {source} holds numbers but time_format is {formats!r}; "
-                "use epoch_s or epoch_ms"
-            )
-        return _from_epoch(col.cast(pl.Float64), epochs[0])
-    return pl.coalesce([_parse_text_time(_text(column), fmt) for fmt in formats])
+    epochs = [fmt for fmt in formats if fmt in _EPOCH_TO_US]
+    if not epochs:
+        raise MappingError(
+            f"time column '{column}' of {source} has type {dtype} but time_format is {formats!r}; "
+            "numbers need epoch_s or epoch_ms"
+        )
+    return _from_epoch(col.cast(pl.Float64), epochs[0])
+
+
+def _parse_series(text: pl.Series, fmt: str) -> pl.Series:
+    return text.to_frame("t").select(_parse_text_time(pl.col("t"), fmt)).to_series()
+
+
+def _concrete_formats(formats: tuple[str, ...], text: pl.Series) -> list[str]:
+    """The formats in the order given, ``iso`` expanded to its patterns, best-fitting first.
+
+    ISO patterns never match the same string, so ordering them by how many of the first values they
+    parse changes no result, only how many rows the fallbacks see.
+    """
+    sample = text.drop_nulls().head(_SNIFF_ROWS)
+    iso = sorted(_ISO_FORMATS, key=lambda fmt: _parse_series(sample, fmt).null_count())
+    return [concrete for fmt in formats for concrete in (iso if fmt == "iso" else [fmt])]
+
+
+def parse_times(text: pl.Series, formats: tuple[str, ...]) -> pl.Series:
+    """Parse text times, each value with the first format that fits (null when none does).
+
+    The first format runs over every value; each next one only over the values still unparsed, so a
+    mostly uniform column costs one parse whatever the number of formats.
+    """
+    ordered = _concrete_formats(formats, text)
+    parsed = _parse_series(text, ordered[0])
+    for fmt in ordered[1:]:
+        missing = (parsed.is_null() & text.is_not_null()).arg_true()
+        if missing.is_empty():
+            break
+        parsed = parsed.scatter(missing, _parse_series(text.gather(missing), fmt))
+    return parsed
 
 
 def _event(mapping: EventMapping) -> pl.Expr:
@@ -217,7 +251,11 @@ def _mapped(mapping: EventMapping, schema: pl.Schema, source: Path) -> dict[str,
         Columns.USER: _id(mapping.user, mapping.strip_float_ids),
         Columns.ITEM: _id(mapping.item, mapping.strip_float_ids),
         Columns.EVENT: _event(mapping),
-        Columns.TIMESTAMP: _time(mapping.time, schema[mapping.time], mapping.time_formats, source),
+        Columns.TIMESTAMP: (  # text times are parsed after collecting: see parse_times
+            pl.lit(None, dtype=pl.Datetime("us"))
+            if _is_text_time(schema[mapping.time])
+            else _typed_time(mapping.time, schema[mapping.time], mapping.time_formats, source)
+        ),
         Columns.QUANTITY: _number(quantity) if quantity else pl.lit(None, dtype=pl.Float64),
         Columns.PRICE: _number(price) if price else pl.lit(None, dtype=pl.Float64),
         Columns.SESSION: _text(session) if session else pl.lit(None, dtype=pl.Utf8),
@@ -276,7 +314,7 @@ def _checks(mapping: EventMapping, schema: pl.Schema) -> list[Check]:
 
 def _missing(column: str, schema: pl.Schema) -> pl.Expr:
     """Null, or blank text (typed columns skip the costly cast to text)."""
-    return _text(column).is_null() if schema[column] == pl.Utf8 else pl.col(column).is_null()
+    return _text(column).is_null() if _is_text_time(schema[column]) else pl.col(column).is_null()
 
 
 def _tmp(name: str) -> pl.Expr:
@@ -284,19 +322,26 @@ def _tmp(name: str) -> pl.Expr:
 
 
 def _plan(frame: pl.LazyFrame, mapping: EventMapping, schema: pl.Schema, source: Path) -> pl.LazyFrame:
-    """One lazy plan: row numbers, mapped columns, reasons, row hashes, and the original columns."""
+    """The lazy part: source columns as they are, plus row numbers and the mapped columns."""
     mapped = {_TMP + name: expr for name, expr in _mapped(mapping, schema, source).items()}
+    return frame.with_row_index(_ROW, offset=1).with_columns(**mapped)
+
+
+def _with_times(frame: pl.DataFrame, mapping: EventMapping, schema: pl.Schema) -> pl.DataFrame:
+    """Fill the contract timestamps of a text time column (typed ones were converted in the plan)."""
+    if not _is_text_time(schema[mapping.time]):
+        return frame
+    text = frame.select(_text(mapping.time)).to_series()
+    return frame.with_columns(parse_times(text, mapping.time_formats).alias(_TMP + Columns.TIMESTAMP))
+
+
+def _tag(frame: pl.DataFrame, mapping: EventMapping, schema: pl.Schema) -> pl.DataFrame:
+    """Add each row's reason and faulty column (null when valid) and, for valid rows, a row hash."""
     reason, column = tag_expressions(_checks(mapping, schema))
-    # Hash of the mapped row, for valid rows only: duplicates are looked for among those.
+    tagged = frame.with_columns(reason.alias(_REASON), column.alias(_COLUMN))
+    # Duplicates are looked for among valid rows only, by the hash of their mapped values.
     row_hash = pl.when(pl.col(_REASON).is_null()).then(pl.struct(*(_tmp(c) for c in EVENT_SCHEMA)).hash())
-    # Originals ride along untouched (no copy); only failed rows are turned into text, in _split.
-    originals = [pl.col(name).alias(f"{_TMP}src_{i}") for i, name in enumerate(schema)]
-    return (
-        frame.with_row_index(_ROW, offset=1)
-        .with_columns(**mapped)
-        .with_columns(reason.alias(_REASON), column.alias(_COLUMN))
-        .select(_ROW, _REASON, _COLUMN, row_hash.alias(_HASH), *(_tmp(c) for c in EVENT_SCHEMA), *originals)
-    )
+    return tagged.with_columns(row_hash.alias(_HASH))
 
 
 def _find_duplicates(frame: pl.DataFrame) -> pl.Series:
@@ -333,19 +378,16 @@ def _apply_duplicates(frame: pl.DataFrame, policy: Literal["reject", "keep"]) ->
 
 def _split(frame: pl.DataFrame, schema: pl.Schema) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(valid events in contract form, quarantined rows with original values)."""
-    valid = frame[_REASON].is_null()
-    contract = [_tmp(c).cast(dtype).alias(c) for c, dtype in EVENT_SCHEMA.items()]
-    # Filtering copies every column; skip it in the common all-valid case.
-    events = frame.select(contract) if valid.all() else frame.filter(valid).select(contract)
+    # The mapped expressions already have the contract types (tests check it): a no-op cast still costs.
+    contract = [_tmp(c).alias(c) for c in EVENT_SCHEMA]
     taken = {ROW, REASON, COLUMN}
-    originals = [
-        pl.col(f"{_TMP}src_{i}").cast(pl.Utf8).alias(f"source_{name}" if name in taken else name)
-        for i, name in enumerate(schema)
-    ]
-    quarantined = frame.filter(~valid).select(
-        pl.col(_ROW).cast(pl.Int64).alias(ROW), pl.col(_REASON).alias(REASON), pl.col(_COLUMN).alias(COLUMN), *originals
-    )
-    return events, quarantined
+    originals = [pl.col(name).cast(pl.Utf8).alias(f"source_{name}" if name in taken else name) for name in schema]
+    quarantine = [pl.col(_ROW).cast(pl.Int64).alias(ROW), pl.col(_REASON).alias(REASON), pl.col(_COLUMN).alias(COLUMN)]
+    if frame[_REASON].null_count() == frame.height:
+        # All valid, the common case: no filter, so no copy of any column.
+        return frame.select(contract), frame.head(0).select(*quarantine, *originals)
+    valid = frame[_REASON].is_null()
+    return frame.filter(valid).select(contract), frame.filter(~valid).select(*quarantine, *originals)
 
 
 def _check_time_format(frame: pl.DataFrame, quarantined: pl.DataFrame, mapping: EventMapping, source: Path) -> None:
@@ -359,12 +401,18 @@ def _check_time_format(frame: pl.DataFrame, quarantined: pl.DataFrame, mapping: 
         )
 
 
+def _count_distinct(ids: pl.Series) -> int:
+    """Distinct ids, counted by 64-bit hash: about 5x faster than on strings, and exact unless two
+    different ids share a hash (odds about n²/2⁶⁵: 3e-8 for a million ids). Only reports use it."""
+    return ids.hash().n_unique()
+
+
 def _report(
     source: Path, frame: pl.DataFrame, events: pl.DataFrame, quarantined: pl.DataFrame, mapping: EventMapping
 ) -> ValidationReport:
     rules = {rule.reason for rule in mapping.drop}
     counts = count_reasons(quarantined)
-    event_counts = events[Columns.EVENT].value_counts(sort=True)
+    event_counts = events[Columns.EVENT].value_counts().sort(["count", Columns.EVENT], descending=[True, False])
     time_min, time_max = events.select(
         pl.col(Columns.TIMESTAMP).min().alias("min"), pl.col(Columns.TIMESTAMP).max().alias("max")
     ).row(0)
@@ -372,8 +420,8 @@ def _report(
         source=str(source),
         rows_read=frame.height,
         rows_valid=events.height,
-        n_users=events[Columns.USER].n_unique(),
-        n_items=events[Columns.ITEM].n_unique(),
+        n_users=_count_distinct(events[Columns.USER]),
+        n_items=_count_distinct(events[Columns.ITEM]),
         event_counts={str(k): int(v) for k, v in event_counts.iter_rows()},
         time_min=time_min,
         time_max=time_max,
@@ -443,7 +491,8 @@ def load_events(
     scan = scan_source(source)
     schema = _collect_schema(scan, source)
     require_columns(list(schema), mapping.source_columns(), str(source), explicit_mapping=explicit)
-    frame = _apply_duplicates(_collect(_plan(scan, mapping, schema, source), source), mapping.duplicates)
+    frame = _with_times(_collect(_plan(scan, mapping, schema, source), source), mapping, schema)
+    frame = _apply_duplicates(_tag(frame, mapping, schema), mapping.duplicates)
     events, quarantined = _split(frame, schema)
     _check_time_format(frame, quarantined, mapping, source)
     report = _report(source, frame, events, quarantined, mapping)

@@ -198,14 +198,15 @@ class ValidationReport:
         return table
 
     def _summary_rows(self) -> Iterable[tuple[str, str]]:
-        span = f"{self.time_min} → {self.time_max}" if self.time_min else "(no events)"
+        first, last = (f"{t:%Y-%m-%d %H:%M:%S}" if t else "-" for t in (self.time_min, self.time_max))
         yield "rows read", f"{self.rows_read:,}"
         yield "valid events", f"{self.rows_valid:,}"
         for event_type, count in self.event_counts.items():
             yield f"  {event_type}", f"{count:,}"
         yield "users", f"{self.n_users:,}"
         yield "items", f"{self.n_items:,}"
-        yield "time span", span
+        yield "first event", first
+        yield "last event", last
         yield "dropped by rule", f"{self.rows_dropped:,}"
         yield "rejected as invalid", f"{self.rows_rejected:,}"
         yield "duplicates kept", f"{self.duplicates_kept:,}"

@@ -92,7 +92,7 @@ def validate(
     ),
     strict: bool = typer.Option(False, "--strict", help="Fail (exit 1) on any invalid row instead of quarantining."),
     quarantine_dir: Path | None = typer.Option(
-        None, "--quarantine-dir", help="Where dropped/rejected rows go as Parquet [default: <TAILOR_HOME>/quarantine]."
+        None, "--quarantine-dir", help="Where dropped/rejected rows go as Parquet (default: $TAILOR_HOME/quarantine)."
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout instead of a table."),
 ) -> None:
@@ -139,7 +139,7 @@ def synth(
     days: int = typer.Option(60, "--days", help="Length of the event history in days."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same settings always give the same store."),
     out: Path | None = typer.Option(
-        None, "--out", help="Folder to write the store to [default: <TAILOR_HOME>/data/synth]."
+        None, "--out", help="Folder to write the store to (default: $TAILOR_HOME/data/synth)."
     ),
 ) -> None:
     """Generate a synthetic store (events, catalogue, users and ground truth) and write it as Parquet."""

@@ -145,11 +145,26 @@ def test_time_formats(tmp_path: Path, time_format: str, value: str, expected: da
     assert events[Columns.TIMESTAMP].to_list() == [expected]
 
 
+def test_mixed_iso_and_pattern_fallbacks_in_one_column(tmp_path: Path) -> None:
+    values = ["2024-01-01T10:00:00", "2024-01-01 11:00:00.5", "2024-01-02", "2024-01-01T10:00:00+01:00"]
+    values.append("1/2/2024 8:05")
+    body = "".join(f"u,i{n},view,{value}\n" for n, value in enumerate(values))
+    path = write(tmp_path / "e.csv", "user_id,item_id,event_type,timestamp\n" + body)
+    events = load_events(path, EventMapping(time_format=("iso", "%m/%d/%Y %H:%M"))).events
+    assert events[Columns.TIMESTAMP].to_list() == [
+        datetime(2024, 1, 1, 10),
+        datetime(2024, 1, 1, 11, 0, 0, 500000),
+        datetime(2024, 1, 2),
+        datetime(2024, 1, 1, 9),
+        datetime(2024, 1, 2, 8, 5),
+    ]
+
+
 def test_numeric_time_column_needs_an_epoch_format(tmp_path: Path) -> None:
     pl.DataFrame({"user_id": ["u"], "item_id": ["i"], "event_type": ["view"], "timestamp": [1700000000]}).write_parquet(
         tmp_path / "e.parquet"
     )
-    with pytest.raises(MappingError, match=r"'timestamp'.*holds numbers.*epoch_s or epoch_ms"):
+    with pytest.raises(MappingError, match=r"'timestamp'.*type Int64.*need epoch_s or epoch_ms"):
         load_events(tmp_path / "e.parquet", EventMapping(time_format="iso"))
     events = load_events(tmp_path / "e.parquet", EventMapping(time_format="epoch_s")).events
     assert events[Columns.TIMESTAMP].to_list() == [datetime(2023, 11, 14, 22, 13, 20)]
@@ -269,6 +284,7 @@ def test_other_event_types_are_kept_by_default(tmp_path: Path) -> None:
 def test_retailrocket_preset(tmp_path: Path) -> None:
     result = load_events(write(tmp_path / "events.csv", RETAILROCKET_CSV), get_preset("retailrocket"))
     report = result.report
+    assert result.events.schema == pl.Schema(EVENT_SCHEMA)
     assert (report.rows_read, report.rows_valid, report.n_users, report.n_items) == (4, 4, 3, 3)
     assert report.event_counts == {"view": 2, "add_to_cart": 1, "purchase": 1}
     assert (report.time_min, report.time_max) == (ms(1433221332117), ms(1433224214164))
@@ -277,6 +293,7 @@ def test_retailrocket_preset(tmp_path: Path) -> None:
 def test_online_retail_preset(tmp_path: Path) -> None:
     result = load_events(write(tmp_path / "online_retail.csv", ONLINE_RETAIL_CSV), get_preset("online-retail"))
     report = result.report
+    assert result.events.schema == pl.Schema(EVENT_SCHEMA)
     assert (report.rows_read, report.rows_valid, report.n_users, report.n_items) == (8, 4, 2, 3)
     assert report.event_counts == {"purchase": 4}
     assert report.duplicates_kept == 1  # row 8 repeats row 1: a real second line, kept

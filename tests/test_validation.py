@@ -194,7 +194,7 @@ def test_report_dict_render_and_messages(tmp_path: Path) -> None:
     assert data["rejected"]["empty_item_id"]["first_rows"] == [3]
     assert data["rows_rejected"] == 1
     assert report.messages() == ["rejected as invalid: empty_item_id: 1 row in column 'item_id' (first rows: 3)"]
-    assert report.render().row_count == 10
+    assert report.render().row_count == 11
     assert (report.time_min, report.time_max) == (datetime(2024, 1, 1, 9), datetime(2024, 1, 3, 18))
 
 
