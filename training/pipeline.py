@@ -79,7 +79,8 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What ``train`` produced: the run, the registry version (None when not registered), metrics."""
+    """What ``train`` produced: the run, the registry version (None when not registered), and every
+    metric logged (the model's, plus the popularity baseline's as ``baseline.<name>``)."""
 
     run_id: str
     model_version: str | None
@@ -265,10 +266,12 @@ def train(
         # logged model one query at a time; only the headline (unsliced) metrics are linked to it.
         logged = tracking.log_recommender(model)
         _log_metrics(report.metrics, logged.model_id)
-        tracking.log_metrics(_baseline_metrics(model_name, train_data, split, dataset, ks, report.metrics), "baseline.")
+        baseline = _baseline_metrics(train_data, split, dataset, ks)
+        tracking.log_metrics(baseline, "baseline.")
         _log_reports(report, dataset)
         version = tracking.register(logged, settings) if register else None
-    return TrainResult(run_id, version, dict(report.metrics), experiment, str(logged.model_uri))
+    metrics = {**report.metrics, **{f"baseline.{name}": value for name, value in baseline.items()}}
+    return TrainResult(run_id, version, metrics, experiment, str(logged.model_uri))
 
 
 def _log_metrics(metrics: Mapping[str, float], model_id: str) -> None:
@@ -308,16 +311,9 @@ def _log_inputs(
 
 
 def _baseline_metrics(
-    model_name: str,
-    train_data: TrainData,
-    split: TemporalSplit,
-    dataset: Dataset,
-    ks: Sequence[int],
-    metrics: Mapping[str, float],
+    train_data: TrainData, split: TemporalSplit, dataset: Dataset, ks: Sequence[int]
 ) -> dict[str, float]:
-    """The popularity baseline on the same split (the model's own metrics when it *is* the baseline)."""
-    if model_name == BASELINE:
-        return dict(metrics)
+    """The default popularity model on the same split and matrix (no oracle ratios: they are the model's)."""
     baseline = fit_model(BASELINE, None, train_data)
     return dict(evaluate_model(baseline, split, dataset, ks=ks, oracle=False).metrics)
 

@@ -126,9 +126,8 @@ SEARCH_SPACES: dict[str, SearchSpace] = {
 
 
 def matrix_space(trial: optuna.trial.BaseTrial, base: MatrixConfig) -> MatrixConfig:
-    """Event weights (views fixed at 1 as the unit) and an optional recency half-life."""
+    """Cart and purchase weights (views keep their base weight, the unit) and an optional half-life."""
     weights = dict(base.event_weights)
-    weights[EventType.VIEW.value] = 1.0
     weights[EventType.ADD_TO_CART.value] = trial.suggest_float("matrix.weight.add_to_cart", 1.0, 20.0, log=True)
     weights[EventType.PURCHASE.value] = trial.suggest_float("matrix.weight.purchase", 1.0, 100.0, log=True)
     half_life = trial.suggest_categorical("matrix.half_life_days", [_NO_DECAY, 7.0, 14.0, 30.0, 60.0, 120.0])
@@ -263,6 +262,7 @@ def tune(
         tracking.log_params({f"validation.{k.removeprefix('split.')}": v for k, v in split.params().items()})
         tracking.log_dataset(dataset.events, source=dataset.source, name=dataset.name)
         study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+        study.enqueue_trial(_starting_point(model_name, objective.base_config, base_matrix))
         study.optimize(objective, n_trials=trials)
         best = _best_config(study.best_trial, objective)
         tracking.log_params({f"best.{k}": v for k, v in _trial_params(study.best_trial).items()})
@@ -270,6 +270,32 @@ def tune(
         tracking.log_json(best, "best_config.json")
     path = _write_config(best, settings, model_name)
     return TuneResult(run_id, study.best_trial.number, float(study.best_value), best, path)
+
+
+def _starting_point(model_name: str, base_config: Mapping[str, Any], base_matrix: MatrixConfig) -> dict[str, Any]:
+    """Trial 0 = the config you would train without tuning, so the best is never worse than the default.
+
+    Values outside a search range are still tried (Optuna warns); keys a space does not suggest are ignored.
+    """
+    from training.models.base import get_model_class
+
+    config = get_model_class(model_name).Config.model_validate(dict(base_config)).model_dump(mode="json")
+    weights = base_matrix.event_weights
+    return {
+        **_flat("model", config),
+        "matrix.weight.add_to_cart": weights.get(EventType.ADD_TO_CART.value, base_matrix.other_weight),
+        "matrix.weight.purchase": weights.get(EventType.PURCHASE.value, base_matrix.other_weight),
+        "matrix.half_life_days": base_matrix.half_life_days or _NO_DECAY,
+    }
+
+
+def _flat(prefix: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested config → ``{"model.a.b": value}`` with the values' own types (for Optuna)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}.{key}"
+        out.update(_flat(name, value) if isinstance(value, Mapping) else {name: value})
+    return out
 
 
 def _best_config(trial: optuna.trial.FrozenTrial, objective: _Objective) -> dict[str, Any]:
