@@ -82,7 +82,8 @@ class VersionCache:
     def store(self, active: ActiveVersion, key: str, rec: RecList) -> None:
         if active.version == self.version:
             self.lists[key] = rec
-        if key == Keys.popular(active.version):
+        newest = self.outage_copy is None or active.version >= self.outage_copy[0].version
+        if key == Keys.popular(active.version) and newest:
             self.outage_copy = (active, rec)
 
 
@@ -147,11 +148,13 @@ class Engine:
 
     async def _lists(self, active: ActiveVersion, keys: Sequence[str]) -> list[RecList | None]:
         """Fallback lists from the memory cache, fetching (and caching) the missing ones."""
-        missing = [key for key in keys if key not in self.cache.lists]
+        found = {key: self.cache.lists[key] for key in keys if key in self.cache.lists}
+        missing = [key for key in keys if key not in found]
         for key, rec in zip(missing, await self.store.rec_lists(missing), strict=True):
             if rec is not None:
+                found[key] = rec  # kept here too: a newer version may have reset the cache meanwhile
                 self.cache.store(active, key, rec)
-        return [self.cache.lists.get(key) for key in keys]
+        return [found.get(key) for key in keys]
 
     async def _first_available(
         self, version: int, candidates: list[Candidate], k: int

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -23,7 +24,7 @@ from litestar.testing import TestClient
 from features.settings import Settings
 from service.app import create_app
 from service.contract import ActiveVersion, Keys, RecList, UserRecs, decode, encode
-from service.engine import Engine, Query
+from service.engine import Engine, Query, VersionCache
 from service.metrics import Metrics
 from service.ranking import because_you_viewed
 from service.schemas import MAX_BATCH
@@ -457,3 +458,19 @@ def test_tailor_serve_runs_the_app_factory_under_uvicorn(
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_the_version_cache_never_goes_back_to_an_older_version() -> None:
+    def active(version: int) -> ActiveVersion:
+        return ActiveVersion(
+            version=version, model_name="m", model_version=str(version), run_id=None,
+            generated_at=datetime(2024, 1, 1, tzinfo=UTC), users=1, items=1,
+        )  # fmt: skip
+
+    cache = VersionCache()
+    cache.observe(active(2))
+    newer, older = RecList(items=["b"], scores=[1.0]), RecList(items=["a"], scores=[1.0])
+    cache.store(active(2), Keys.popular(2), newer)
+    cache.store(active(1), Keys.popular(1), older)  # a slow request that started before the switch
+    assert cache.outage_copy == (active(2), newer)
+    assert cache.lists == {Keys.popular(2): newer}
