@@ -2,7 +2,8 @@
 
 Sources are CSV (plain or gzipped, ``.csv`` / ``.csv.gz``) or Parquet (``.parquet`` / ``.pq``), or a
 folder written by the synthetic store (``events.parquet``, ``catalogue.parquet``, ``users.parquet``).
-Everything runs as one lazy polars plan of vectorised expressions; no Python loop touches rows.
+A lazy polars scan maps the columns; text times are then parsed and rows checked on the collected
+frame, always with vectorised expressions: no Python loop touches rows.
 
 CSV columns are read as strings, so ids like ``"17850.0"`` or ``"00123"`` keep their text; values are
 then cast to contract types non-strictly and every failed cast becomes a validation problem with its
@@ -145,20 +146,34 @@ def _collect(frame: pl.LazyFrame, source: Path) -> pl.DataFrame:
 # Expressions: source columns → contract values
 
 
-def _text(column: str) -> pl.Expr:
-    """The column as trimmed text; blank becomes null."""
+def _is_text(dtype: pl.DataType) -> bool:
+    """Values of this type are text to trim and parse (not numbers, datetimes or dates)."""
+    return not (isinstance(dtype, pl.Datetime | pl.Date) or dtype.is_numeric())
+
+
+def _text(column: str, schema: pl.Schema) -> pl.Expr:
+    """The column as text: trimmed, blank becomes null. Typed columns are only cast (nothing to trim)."""
+    if not _is_text(schema[column]):
+        return pl.col(column).cast(pl.Utf8)
     # One expression on purpose: referring to the stripped text twice (when/then) strips it twice.
     return pl.col(column).cast(pl.Utf8).str.strip_chars().replace("", None)
 
 
-def _id(column: str, strip_float: bool) -> pl.Expr:
-    text = _text(column)
+def _blank(column: str, schema: pl.Schema) -> pl.Expr:
+    """Null, or blank text (typed columns skip the cast to text)."""
+    return _text(column, schema).is_null() if _is_text(schema[column]) else pl.col(column).is_null()
+
+
+def _id(column: str, schema: pl.Schema, strip_float: bool) -> pl.Expr:
+    text = _text(column, schema)
     # "17850.0" → "17850": ids that went through a float column on the way out of the store.
     return text.str.replace(r"^(-?\d+)\.0+$", "${1}") if strip_float else text
 
 
-def _number(column: str) -> pl.Expr:
-    return _text(column).cast(pl.Float64, strict=False)
+def _number(column: str, schema: pl.Schema) -> pl.Expr:
+    if schema[column].is_numeric():
+        return pl.col(column).cast(pl.Float64)
+    return _text(column, schema).cast(pl.Float64, strict=False)
 
 
 def _parse_text_time(text: pl.Expr, fmt: str) -> pl.Expr:
@@ -173,11 +188,6 @@ def _parse_text_time(text: pl.Expr, fmt: str) -> pl.Expr:
 def _from_epoch(seconds_or_ms: pl.Expr, fmt: str) -> pl.Expr:
     micros = (seconds_or_ms * _EPOCH_TO_US[fmt]).round().cast(pl.Int64, strict=False)
     return micros.cast(pl.Datetime("us"))
-
-
-def _is_text_time(dtype: pl.DataType) -> bool:
-    """Times in this column are text to parse (not datetimes, dates or epoch numbers)."""
-    return not (isinstance(dtype, pl.Datetime | pl.Date) or dtype.is_numeric())
 
 
 def _typed_time(column: str, dtype: pl.DataType, formats: tuple[str, ...], source: Path) -> pl.Expr:
@@ -229,11 +239,11 @@ def parse_times(text: pl.Series, formats: tuple[str, ...]) -> pl.Series:
     return parsed
 
 
-def _event(mapping: EventMapping) -> pl.Expr:
+def _event(mapping: EventMapping, schema: pl.Schema) -> pl.Expr:
     if mapping.constant_event is not None:
         return pl.lit(mapping.constant_event, dtype=pl.Utf8)
     assert mapping.event is not None  # guaranteed by EventMapping's validator
-    text = _text(mapping.event)
+    text = _text(mapping.event, schema)
     return text.replace(mapping.event_map) if mapping.event_map else text
 
 
@@ -248,17 +258,17 @@ def _mapped(mapping: EventMapping, schema: pl.Schema, source: Path) -> dict[str,
     optional = _optional_columns(mapping, schema)
     quantity, price, session = (optional[c] for c in (Columns.QUANTITY, Columns.PRICE, Columns.SESSION))
     return {
-        Columns.USER: _id(mapping.user, mapping.strip_float_ids),
-        Columns.ITEM: _id(mapping.item, mapping.strip_float_ids),
-        Columns.EVENT: _event(mapping),
+        Columns.USER: _id(mapping.user, schema, mapping.strip_float_ids),
+        Columns.ITEM: _id(mapping.item, schema, mapping.strip_float_ids),
+        Columns.EVENT: _event(mapping, schema),
         Columns.TIMESTAMP: (  # text times are parsed after collecting: see parse_times
             pl.lit(None, dtype=pl.Datetime("us"))
-            if _is_text_time(schema[mapping.time])
+            if _is_text(schema[mapping.time])
             else _typed_time(mapping.time, schema[mapping.time], mapping.time_formats, source)
         ),
-        Columns.QUANTITY: _number(quantity) if quantity else pl.lit(None, dtype=pl.Float64),
-        Columns.PRICE: _number(price) if price else pl.lit(None, dtype=pl.Float64),
-        Columns.SESSION: _text(session) if session else pl.lit(None, dtype=pl.Utf8),
+        Columns.QUANTITY: _number(quantity, schema) if quantity else pl.lit(None, dtype=pl.Float64),
+        Columns.PRICE: _number(price, schema) if price else pl.lit(None, dtype=pl.Float64),
+        Columns.SESSION: _text(session, schema) if session else pl.lit(None, dtype=pl.Utf8),
     }
 
 
@@ -266,16 +276,16 @@ def _mapped(mapping: EventMapping, schema: pl.Schema, source: Path) -> dict[str,
 # Checks: which rows are dropped by rule or rejected, and why
 
 
-def _rule_check(rule: DropRule) -> Check:
-    text = _text(rule.column)
+def _rule_check(rule: DropRule, schema: pl.Schema) -> Check:
+    text = _text(rule.column, schema)
     if rule.when == "empty":
-        failed = text.is_null()
+        failed = _blank(rule.column, schema)
     elif rule.when == "starts_with":
         failed = text.str.starts_with(str(rule.value))
     elif rule.when == "equals":
         failed = text == str(rule.value)
     else:
-        failed = text.cast(pl.Float64, strict=False) <= float(rule.value or 0)
+        failed = _number(rule.column, schema) <= float(rule.value or 0)
     return Check(rule.reason, rule.column, failed)
 
 
@@ -289,32 +299,27 @@ def _event_checks(mapping: EventMapping) -> list[Check]:
     return checks
 
 
-def _value_checks(optional: dict[str, str | None]) -> list[Check]:
+def _value_checks(optional: dict[str, str | None], schema: pl.Schema) -> list[Check]:
     """Quantity/price given but not a number."""
     checks = []
     for name, reason in ((Columns.QUANTITY, Reason.UNPARSEABLE_QUANTITY), (Columns.PRICE, Reason.UNPARSEABLE_PRICE)):
         column = optional[name]
         if column is not None:
-            checks.append(Check(reason, column, _text(column).is_not_null() & _tmp(name).is_null()))
+            checks.append(Check(reason, column, ~_blank(column, schema) & _tmp(name).is_null()))
     return checks
 
 
 def _checks(mapping: EventMapping, schema: pl.Schema) -> list[Check]:
     """All row checks in priority order: drop rules first (in mapping order), then contract checks."""
     return [
-        *(_rule_check(rule) for rule in mapping.drop),
+        *(_rule_check(rule, schema) for rule in mapping.drop),
         Check(Reason.EMPTY_USER_ID, mapping.user, _tmp(Columns.USER).is_null()),
         Check(Reason.EMPTY_ITEM_ID, mapping.item, _tmp(Columns.ITEM).is_null()),
         *_event_checks(mapping),
-        Check(Reason.EMPTY_TIMESTAMP, mapping.time, _missing(mapping.time, schema)),
+        Check(Reason.EMPTY_TIMESTAMP, mapping.time, _blank(mapping.time, schema)),
         Check(Reason.UNPARSEABLE_TIMESTAMP, mapping.time, _tmp(Columns.TIMESTAMP).is_null()),
-        *_value_checks(_optional_columns(mapping, schema)),
+        *_value_checks(_optional_columns(mapping, schema), schema),
     ]
-
-
-def _missing(column: str, schema: pl.Schema) -> pl.Expr:
-    """Null, or blank text (typed columns skip the costly cast to text)."""
-    return _text(column).is_null() if _is_text_time(schema[column]) else pl.col(column).is_null()
 
 
 def _tmp(name: str) -> pl.Expr:
@@ -329,9 +334,9 @@ def _plan(frame: pl.LazyFrame, mapping: EventMapping, schema: pl.Schema, source:
 
 def _with_times(frame: pl.DataFrame, mapping: EventMapping, schema: pl.Schema) -> pl.DataFrame:
     """Fill the contract timestamps of a text time column (typed ones were converted in the plan)."""
-    if not _is_text_time(schema[mapping.time]):
+    if not _is_text(schema[mapping.time]):
         return frame
-    text = frame.select(_text(mapping.time)).to_series()
+    text = frame.select(_text(mapping.time, schema)).to_series()
     return frame.with_columns(parse_times(text, mapping.time_formats).alias(_TMP + Columns.TIMESTAMP))
 
 
@@ -506,21 +511,27 @@ def load_events(
     return LoadResult(events, report, written, quarantined)
 
 
-def _bool(column: str, dtype: pl.DataType) -> pl.Expr:
+def _bool(column: str, schema: pl.Schema) -> pl.Expr:
+    dtype = schema[column]
     if dtype == pl.Boolean:
         return pl.col(column)
     if dtype.is_numeric():
         return pl.col(column) != 0
-    text = _text(column).str.to_lowercase()
+    text = _text(column, schema).str.to_lowercase()
     return pl.when(text.is_in(_TRUE)).then(True).when(text.is_in(_FALSE)).then(False).otherwise(None)
 
 
-def _load_table(
-    source: Path, required: tuple[str, ...], typed: dict[str, pl.Expr], checks: list[Check]
-) -> pl.DataFrame:
-    """Read a reference table, fail on any invalid row (no quarantine: it is small and curated)."""
+def _open_table(path: str | Path, default_name: str, required: tuple[str, ...]) -> tuple[Path, pl.LazyFrame, pl.Schema]:
+    """Resolve, scan and check the columns of a reference table (catalogue, users)."""
+    source = resolve_source(path, default_name)
     scan = scan_source(source)
-    require_columns(list(_collect_schema(scan, source)), {c: c for c in required}, str(source), explicit_mapping=False)
+    schema = _collect_schema(scan, source)
+    require_columns(list(schema), {c: c for c in required}, str(source), explicit_mapping=False)
+    return source, scan, schema
+
+
+def _load_table(source: Path, scan: pl.LazyFrame, typed: dict[str, pl.Expr], checks: list[Check]) -> pl.DataFrame:
+    """Read a reference table, failing on any invalid row (no quarantine: it is small and curated)."""
     reason, column = tag_expressions(checks)
     frame = _collect(
         scan.with_row_index(_ROW, offset=1)
@@ -536,13 +547,17 @@ def _load_table(
     return body.select(*typed, *(c for c in body.columns if c not in typed))
 
 
-def _id_checks(column: str) -> list[Check]:
+def _id_checks(column: str, schema: pl.Schema) -> list[Check]:
+    empty = Reason.EMPTY_USER_ID if column == Columns.USER else Reason.EMPTY_ITEM_ID
     return [
-        Check(
-            Reason.EMPTY_USER_ID if column == Columns.USER else Reason.EMPTY_ITEM_ID, column, _text(column).is_null()
-        ),
-        Check(Reason.DUPLICATE_ID, column, ~_text(column).is_first_distinct()),
+        Check(empty, column, _blank(column, schema)),
+        Check(Reason.DUPLICATE_ID, column, ~_text(column, schema).is_first_distinct()),
     ]
+
+
+def _unparseable(reason: str, column: str, typed: pl.Expr, schema: pl.Schema) -> Check:
+    """A value is there but did not convert."""
+    return Check(reason, column, ~_blank(column, schema) & typed.is_null())
 
 
 def load_catalogue(path: str | Path) -> pl.DataFrame:
@@ -551,28 +566,20 @@ def load_catalogue(path: str | Path) -> pl.DataFrame:
     Raises :class:`SchemaError` on missing columns, :class:`DataValidationError` on empty or
     duplicate item ids and unparseable prices/availability (naming columns and first rows).
     """
-    source = resolve_source(path, CATALOGUE_FILE)
-    schema = _collect_schema(scan_source(source), source)
-    require_columns(list(schema), {c: c for c in CATALOGUE_REQUIRED}, str(source), explicit_mapping=False)
+    source, scan, schema = _open_table(path, CATALOGUE_FILE, CATALOGUE_REQUIRED)
     typed = {
-        Columns.ITEM: _text(Columns.ITEM),
-        Columns.CATEGORY: _text(Columns.CATEGORY),
-        Columns.BRAND: _text(Columns.BRAND),
-        Columns.PRICE: _number(Columns.PRICE),
-        Columns.AVAILABLE: _bool(Columns.AVAILABLE, schema[Columns.AVAILABLE]),
+        Columns.ITEM: _text(Columns.ITEM, schema),
+        Columns.CATEGORY: _text(Columns.CATEGORY, schema),
+        Columns.BRAND: _text(Columns.BRAND, schema),
+        Columns.PRICE: _number(Columns.PRICE, schema),
+        Columns.AVAILABLE: _bool(Columns.AVAILABLE, schema),
     }
     checks = [
-        *_id_checks(Columns.ITEM),
-        Check(
-            Reason.UNPARSEABLE_PRICE, Columns.PRICE, _text(Columns.PRICE).is_not_null() & typed[Columns.PRICE].is_null()
-        ),
-        Check(
-            Reason.UNPARSEABLE_AVAILABLE,
-            Columns.AVAILABLE,
-            _text(Columns.AVAILABLE).is_not_null() & typed[Columns.AVAILABLE].is_null(),
-        ),
+        *_id_checks(Columns.ITEM, schema),
+        _unparseable(Reason.UNPARSEABLE_PRICE, Columns.PRICE, typed[Columns.PRICE], schema),
+        _unparseable(Reason.UNPARSEABLE_AVAILABLE, Columns.AVAILABLE, typed[Columns.AVAILABLE], schema),
     ]
-    return _load_table(source, CATALOGUE_REQUIRED, typed, checks)
+    return _load_table(source, scan, typed, checks)
 
 
 def load_users(path: str | Path) -> pl.DataFrame:
@@ -581,11 +588,9 @@ def load_users(path: str | Path) -> pl.DataFrame:
     Raises :class:`SchemaError` when ``user_id`` is missing, :class:`DataValidationError` on empty or
     duplicate user ids.
     """
-    source = resolve_source(path, USERS_FILE)
-    schema = _collect_schema(scan_source(source), source)
-    require_columns(list(schema), {c: c for c in USERS_REQUIRED}, str(source), explicit_mapping=False)
-    typed = {c: _text(c) for c in (*USERS_REQUIRED, *USERS_OPTIONAL) if c in schema}
-    return _load_table(source, USERS_REQUIRED, typed, _id_checks(Columns.USER))
+    source, scan, schema = _open_table(path, USERS_FILE, USERS_REQUIRED)
+    typed = {c: _text(c, schema) for c in (*USERS_REQUIRED, *USERS_OPTIONAL) if c in schema}
+    return _load_table(source, scan, typed, _id_checks(Columns.USER, schema))
 
 
 __all__ = [
@@ -597,6 +602,7 @@ __all__ = [
     "load_catalogue",
     "load_events",
     "load_users",
+    "parse_times",
     "resolve_source",
     "scan_source",
     "write_quarantine",

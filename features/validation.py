@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Final
 
 import polars as pl
@@ -190,7 +191,8 @@ class ValidationReport:
         """A two-column rich table of the summary (reason lines: :meth:`messages`)."""
         from rich.table import Table
 
-        table = Table(title=f"Events in {self.source}", show_header=False, title_justify="left")
+        # The file name only: a long path would wrap the title; to_dict() keeps the full path.
+        table = Table(title=f"Events in {PurePath(self.source).name}", show_header=False, title_justify="left")
         table.add_column("what", style="bold")
         table.add_column("value", justify="right")
         for label, value in self._summary_rows():

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from features.loaders import load_catalogue, load_users
 from tailor_cli import app
 
 NATIVE_CSV = """user_id,item_id,event_type,timestamp
@@ -156,6 +157,8 @@ def test_synth_writes_a_store_that_validates(tmp_path: Path, home: Path) -> None
     code, stdout, output = run(home, "data", "validate", str(out), "--json")
     assert code == 0, output
     assert json.loads(stdout)["rows_valid"] == pl.read_parquet(out / "events.parquet").height
+    assert load_catalogue(out).height == 24
+    assert load_users(out).height == 30
 
 
 def test_synth_bad_settings_exit_2(tmp_path: Path, home: Path) -> None:
