@@ -308,16 +308,22 @@ def fallback_lists(
 
     Ties and items without recent events are ordered by all-time popularity, then item id. Global
     and category lists are back-filled from the catalogue; segment lists hold recent items only.
+    Each grouping is one pass over the events (recent and all-time sums aggregated together).
     """
-    weighted = events.select(Columns.USER, Columns.ITEM, Columns.TIMESTAMP, _event_weight().alias(Columns.WEIGHT))
     latest = pl.col(Columns.TIMESTAMP).max()
-    recent = weighted.filter(pl.col(Columns.TIMESTAMP) > latest - pl.duration(microseconds=int(days * 86_400e6)))
+    window = pl.duration(microseconds=int(days * 86_400e6))
+    weighted = events.lazy().select(
+        Columns.USER,
+        Columns.ITEM,
+        _event_weight().alias(Columns.WEIGHT),
+        (pl.col(Columns.TIMESTAMP) > latest - window).alias("is_recent"),
+    )
     available = _available_items(catalogue)
-    ranked = _rank_items(available, _item_scores(recent, "recent"), _item_scores(weighted, "total"))
+    ranked = _rank_items(available.lazy(), _item_scores(weighted)).collect()
     return FallbackLists(
         global_list=_rec_list(ranked.head(size)),
         categories=_grouped_lists(ranked.filter(pl.col(Columns.CATEGORY).is_not_null()), Columns.CATEGORY, size),
-        segments=_segment_lists(recent, weighted, users, available, size),
+        segments=_segment_lists(weighted, users, available, size),
     )
 
 
@@ -333,14 +339,17 @@ def _available_items(catalogue: pl.DataFrame) -> pl.DataFrame:
     return catalogue.filter(available).select(Columns.ITEM, category.alias(Columns.CATEGORY))
 
 
-def _item_scores(weighted: pl.DataFrame, name: str, by: Sequence[str] = ()) -> pl.DataFrame:
-    return weighted.group_by(*by, Columns.ITEM).agg(pl.col(Columns.WEIGHT).sum().alias(name))
+def _item_scores(weighted: pl.LazyFrame, by: Sequence[str] = ()) -> pl.LazyFrame:
+    """``recent`` (in the window) and ``total`` weight per item (per ``by`` group)."""
+    weight = pl.col(Columns.WEIGHT)
+    return weighted.group_by(*by, Columns.ITEM).agg(
+        weight.filter(pl.col("is_recent")).sum().alias("recent"), weight.sum().alias("total")
+    )
 
 
-def _rank_items(items: pl.DataFrame, recent: pl.DataFrame, total: pl.DataFrame, by: Sequence[str] = ()) -> pl.DataFrame:
+def _rank_items(items: pl.LazyFrame, scores: pl.LazyFrame, by: Sequence[str] = ()) -> pl.LazyFrame:
     """``items`` with recent/total scores (0 when absent), best first; ties broken by item id."""
-    keys = [*by, Columns.ITEM]
-    scored = items.join(recent, on=keys, how="left").join(total, on=keys, how="left")
+    scored = items.join(scores, on=[*by, Columns.ITEM], how="left")
     scored = scored.with_columns(pl.col("recent", "total").fill_null(0.0))
     return scored.sort(["recent", "total", Columns.ITEM], descending=[True, True, False])
 
@@ -353,15 +362,19 @@ def _grouped_lists(ranked: pl.DataFrame, column: str, size: int) -> dict[str, Re
 
 
 def _segment_lists(
-    recent: pl.DataFrame, weighted: pl.DataFrame, users: pl.DataFrame | None, available: pl.DataFrame, size: int
+    weighted: pl.LazyFrame, users: pl.DataFrame | None, available: pl.DataFrame, size: int
 ) -> dict[str, RecList]:
     if users is None or Columns.SEGMENT not in users.columns:
         return {}
-    segments = users.select(Columns.USER, Columns.SEGMENT).filter(pl.col(Columns.SEGMENT).is_not_null())
-    seg_recent = _item_scores(recent.join(segments, on=Columns.USER), "recent", (Columns.SEGMENT,))
-    seg_total = _item_scores(weighted.join(segments, on=Columns.USER), "total", (Columns.SEGMENT,))
-    items = seg_recent.select(Columns.SEGMENT, Columns.ITEM).join(available.select(Columns.ITEM), on=Columns.ITEM)
-    return _grouped_lists(_rank_items(items, seg_recent, seg_total, (Columns.SEGMENT,)), Columns.SEGMENT, size)
+    segments = users.lazy().select(Columns.USER, Columns.SEGMENT).filter(pl.col(Columns.SEGMENT).is_not_null())
+    scores = _item_scores(weighted.join(segments, on=Columns.USER), (Columns.SEGMENT,))
+    recent_items = (
+        scores.filter(pl.col("recent") > 0)
+        .select(Columns.SEGMENT, Columns.ITEM)
+        .join(available.lazy().select(Columns.ITEM), on=Columns.ITEM)
+    )
+    ranked = _rank_items(recent_items, scores, (Columns.SEGMENT,)).collect()
+    return _grouped_lists(ranked, Columns.SEGMENT, size)
 
 
 def _rec_list(ranked: pl.DataFrame) -> RecList:
