@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address `tailor serve` binds")
     port: int = Field(8000, description="port `tailor serve` binds")
     workers: int = Field(1, ge=1, description="ASGI worker processes for `tailor serve`")
+    redis_port: int = Field(6390, ge=1, le=65535, description="embedded redis-server port (REDIS_URL unset)")
     redis_timeout_s: float = Field(0.25, gt=0, description="Redis socket/connect timeout in seconds")
     redis_max_connections: int = Field(64, ge=1, description="Redis connection-pool size per worker")
     publish_top_n: int = Field(100, ge=1, le=1000, description="recommendations stored per user/item at publish")

@@ -100,8 +100,8 @@ def redis_executable() -> Path:
 
 
 def embedded_port(settings: Settings) -> int:
-    """Port of the embedded server: ``Settings.redis_port`` when that field exists, else :data:`DEFAULT_PORT`."""
-    return int(getattr(settings, "redis_port", DEFAULT_PORT))
+    """Port of the embedded server (``TAILOR_REDIS_PORT``)."""
+    return settings.redis_port
 
 
 def resolve_redis_url(settings: Settings, *, port: int | None = None) -> str:
