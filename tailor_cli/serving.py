@@ -18,6 +18,8 @@ import typer
 from tailor_cli.common import console, load_settings
 
 if TYPE_CHECKING:
+    import subprocess
+
     from features.mapping import EventMapping
     from training.publish import PublishSummary
 
@@ -122,6 +124,13 @@ def serve(
     port: Annotated[int | None, typer.Option("--port", "-p", help="Port (default TAILOR_PORT)")] = None,
     workers: Annotated[int | None, typer.Option("--workers", "-w", min=1, help="Worker processes")] = None,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request")] = False,
+    background: Annotated[
+        bool,
+        typer.Option(
+            "--background",
+            help="Start detached (log and pid file in the home folder), wait until /ready answers, and return",
+        ),
+    ] = False,
 ) -> None:
     """Run the HTTP service with uvicorn (production settings: no reload, access log off by default)."""
     import uvicorn
@@ -134,17 +143,84 @@ def serve(
     # Workers build their own Settings from the environment: hand them the Redis actually in use.
     os.environ["REDIS_URL"] = url
     console.print(f"Redis: {url}", highlight=False)
+    bind_host, bind_port = host or settings.host, port or settings.port
+    if background:
+        _serve_detached(settings.home, bind_host, bind_port, workers or settings.workers)
+        return
     uvicorn.run(
         "service.asgi:create_app",
         factory=True,
-        host=host or settings.host,
-        port=port or settings.port,
+        host=bind_host,
+        port=bind_port,
         workers=workers or settings.workers,
         access_log=access_log,
         reload=False,
         proxy_headers=True,
         log_level="info",
     )
+
+
+def _serve_detached(home: Path, host: str, port: int, workers: int) -> None:
+    """Start ``tailor serve`` as a detached process and wait (bounded) until it is ready."""
+    import subprocess
+    import sys
+
+    home.mkdir(parents=True, exist_ok=True)
+    pidfile, logfile = home / "serve.pid", home / "serve.log"
+    _stop_service(pidfile)
+    command = [sys.executable, "-m", "tailor_cli", "serve", "--host", host, "--port", str(port), "-w", str(workers)]
+    with logfile.open("ab") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    pidfile.write_text(str(proc.pid))
+    ready_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/ready"
+    if not _wait_ready(ready_url, proc, timeout_s=60.0):
+        _fail(f"the service did not become ready at {ready_url}; see {logfile}")
+    console.print(f"serving on http://{host}:{port} (pid {proc.pid}, log {logfile}); stop with `tailor stop`")
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Poll ``url`` until it answers 200, the process dies, or ``timeout_s`` passes."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)  # a CLI wait for a child process, not a test
+    return False
+
+
+def _stop_service(pidfile: Path) -> bool:
+    """Stop a service started with ``--background`` (SIGTERM to its process group)."""
+    import signal
+
+    if not pidfile.exists():
+        return False
+    pid = int(pidfile.read_text().strip() or 0)
+    pidfile.unlink()
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def stop() -> None:
+    """Stop a service started with `tailor serve --background`, and the embedded Redis."""
+    from service.redis_server import stop_redis
+
+    settings = load_settings()
+    stopped = _stop_service(settings.home / "serve.pid")
+    console.print("service stopped" if stopped else "no background service was running")
+    if not settings.redis_url:
+        with _user_errors():
+            console.print("Redis stopped" if stop_redis(settings) else "Redis was not running")
 
 
 # --- redis -----------------------------------------------------------------------------------------------------
@@ -211,4 +287,5 @@ def register(app: typer.Typer) -> None:
     """Add the serving commands to the root app."""
     app.command(name="publish", rich_help_panel=PANEL)(publish)
     app.command(name="serve", rich_help_panel=PANEL)(serve)
+    app.command(name="stop", rich_help_panel=PANEL)(stop)
     app.add_typer(redis_app, name="redis", rich_help_panel=PANEL)
