@@ -158,3 +158,31 @@ def synth(
     for part, written_path in written.items():
         console.print(f"wrote {part}: {written_path}", markup=False, soft_wrap=True)
     console.print_json(json.dumps(store.summary(), default=str))
+
+
+@app.command("sample-user")
+def sample_user(
+    data: Path = typer.Argument(..., help="Events file, or a store folder with events.parquet"),
+    min_purchases: int = typer.Option(3, min=1, help="Only shoppers with at least this many purchases"),
+    seed: int = typer.Option(0, help="Seed of the pick, so the same data gives the same shopper"),
+) -> None:
+    """Print the id of one shopper with purchase history (for demos and curl examples)."""
+    import polars as pl
+
+    from features.columns import Columns, EventType
+    from features.loaders import load_events
+
+    try:
+        events = load_events(data).events
+    except TailorDataError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    buyers = (
+        events.filter(pl.col(Columns.EVENT) == EventType.PURCHASE)
+        .group_by(Columns.USER)
+        .len()
+        .filter(pl.col("len") >= min_purchases)
+        .sort(Columns.USER)
+    )
+    if buyers.is_empty():
+        _fail(f"no shopper in {data} has {min_purchases} or more purchases", EXIT_BAD_INPUT)
+    typer.echo(buyers.sample(1, seed=seed)[Columns.USER].item())
