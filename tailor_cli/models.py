@@ -7,6 +7,8 @@ model URI) into one red line and exit code 2 — no traceback.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -390,20 +392,40 @@ def _default(value: object) -> str:
 def mlflow_ui(
     port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on (bound to 127.0.0.1)")] = 5000,
 ) -> None:
-    """Open the MLflow UI on the local tracking store (http://127.0.0.1:PORT)."""
+    """Open the MLflow UI on Tailor's tracking store (http://127.0.0.1:PORT); Ctrl-C stops it."""
     settings = load_settings()
     command = [
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", settings.tracking_uri,
         "--default-artifact-root", settings.artifact_root.as_uri(),
         "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1",  # one local user; each extra worker re-imports MLflow and slows start-up
     ]  # fmt: skip
-    console.print(f"MLflow UI on http://127.0.0.1:{port} ({settings.tracking_uri}); Ctrl-C stops it")
+    # MLflow 3's server also starts background job workers (huey); a local UI needs none of them.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    console.print(f"MLflow UI on http://127.0.0.1:{port} ({settings.tracking_uri}); starting, Ctrl-C stops it")
+    # Its own process group, so Ctrl-C here stops the server *and* every worker it forked.
+    server = subprocess.Popen(command, env=env, start_new_session=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # stopped by a process manager: take the server down too
     try:
-        code = subprocess.call(command)
+        code = server.wait()
     except KeyboardInterrupt:
-        code = 0
-    raise typer.Exit(code)
+        code = _stop_group(server)
+    raise typer.Exit(0 if code in (0, -signal.SIGTERM, -signal.SIGKILL) else code)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> int:
+    """SIGTERM the process group of ``process``; SIGKILL it if it is not gone within 15 s."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        return process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        return process.wait()
 
 
 def register(app: typer.Typer) -> None:
