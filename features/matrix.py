@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Annotated
 import numpy as np
 import numpy.typing as npt
 import polars as pl
+import pyarrow.compute as pc  # type: ignore[import-untyped]  # pyarrow ships no type information
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,7 +29,7 @@ from features.ids import IdMap
 
 _US_PER_DAY = 86_400 * 1_000_000
 _LN2 = math.log(2.0)
-_ROW, _COL = "_row", "_col"
+_Coded = tuple[npt.NDArray[np.int64], IdMap]
 
 
 class MatrixConfig(BaseModel):
@@ -161,34 +163,46 @@ def _weighted_events(
     return frame
 
 
-def _id_maps(frame: pl.DataFrame, users: IdMap | None, items: IdMap | None) -> tuple[IdMap, IdMap]:
-    """The given maps, or fresh sorted ones from the distinct ids (both computed in one parallel pass)."""
-    wanted = [c for c, given in ((Columns.USER, users), (Columns.ITEM, items)) if given is None]
-    queries = [frame.lazy().select(pl.col(c).drop_nulls().unique().sort()) for c in wanted]
-    fresh = {
-        c: IdMap.from_sorted_unique(found.to_series()) for c, found in zip(wanted, pl.collect_all(queries), strict=True)
-    }
-    return (
-        users if users is not None else fresh[Columns.USER],
-        items if items is not None else fresh[Columns.ITEM],
-    )
+def _factorize(column: pl.Series) -> tuple[npt.NDArray[np.int64], IdMap]:
+    """Codes into a fresh map of the column's distinct ids, sorted (``-1`` where null).
+
+    One hash pass (Arrow's dictionary encoding) gives codes in first-seen order; only the small
+    dictionary is then sorted, and the codes are renumbered with one gather.
+    """
+    encoded = pc.dictionary_encode(column.cast(pl.Utf8).to_arrow())
+    dictionary = pl.Series(encoded.dictionary, dtype=pl.Utf8)
+    order = dictionary.arg_sort().to_numpy()
+    rank = np.empty(len(order) + 1, dtype=np.int64)
+    rank[order] = np.arange(len(order), dtype=np.int64)
+    rank[-1] = -1  # null ids are filled with -1 below, which picks this slot
+    # Through polars: pyarrow's own to_numpy() imports pandas (seconds) for arrays with nulls.
+    first_seen = pl.Series(encoded.indices).fill_null(-1).to_numpy()
+    return rank[first_seen], IdMap.from_sorted_unique(dictionary.gather(order))
 
 
-def _coo(frame: pl.DataFrame, users: IdMap, items: IdMap) -> pl.DataFrame:
-    """``(row, col, weight)`` per event; ids outside the maps (or null) drop out in the inner joins."""
-    return (
-        frame.lazy()
-        .join(users.lookup_frame(Columns.USER, _ROW).lazy(), on=Columns.USER, how="inner")
-        .join(items.lookup_frame(Columns.ITEM, _COL).lazy(), on=Columns.ITEM, how="inner")
-        .select(_ROW, _COL, Columns.WEIGHT)
-        .collect()
-    )
+def _lookup(column: pl.Series, ids: IdMap | None) -> tuple[npt.NDArray[np.int64], IdMap]:
+    """Codes of ``column`` in ``ids`` (``-1`` for ids outside it), or in a fresh map when None."""
+    if ids is None:
+        return _factorize(column)
+    return ids.encode(column).fill_null(-1).to_numpy(), ids
 
 
-def _csr(coo: pl.DataFrame, shape: tuple[int, int]) -> sp.csr_matrix:
+def _codes(frame: pl.DataFrame, users: IdMap | None, items: IdMap | None) -> tuple[_Coded, _Coded]:
+    """Row and column codes, both columns at once (Arrow and numpy release the GIL)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        rows = pool.submit(_lookup, frame[Columns.USER], users)
+        cols = pool.submit(_lookup, frame[Columns.ITEM], items)
+        return rows.result(), cols.result()
+
+
+def _csr(
+    rows: npt.NDArray[np.int64], cols: npt.NDArray[np.int64], weights: npt.NDArray[np.float64], shape: tuple[int, int]
+) -> sp.csr_matrix:
     """Sum duplicates in float64 (scipy's COO→CSR is a linear counting sort), store float32 without zeros."""
-    rows, cols = coo[_ROW].to_numpy(), coo[_COL].to_numpy()
-    matrix = sp.csr_matrix((coo[Columns.WEIGHT].to_numpy(), (rows, cols)), shape=shape, dtype=np.float64)
+    known = (rows >= 0) & (cols >= 0)
+    if not known.all():
+        rows, cols, weights = rows[known], cols[known], weights[known]
+    matrix = sp.csr_matrix((weights, (rows.astype(np.int32), cols.astype(np.int32))), shape=shape, dtype=np.float64)
     matrix.sum_duplicates()
     matrix.eliminate_zeros()  # zero-weight event types must not mark an item as seen
     return sp.csr_matrix(matrix, dtype=np.float32)
@@ -211,8 +225,9 @@ def build_matrix(
     """
     config = config or MatrixConfig()
     frame = _weighted_events(events, config, reference_time)
-    users, items = _id_maps(frame, users, items)
-    return InteractionMatrix(_csr(_coo(frame, users, items), (len(users), len(items))), users, items)
+    (rows, users), (cols, items) = _codes(frame, users, items)
+    matrix = _csr(rows, cols, frame[Columns.WEIGHT].to_numpy(), (len(users), len(items)))
+    return InteractionMatrix(matrix, users, items)
 
 
 def save_config(config: MatrixConfig, path: str | Path) -> None:

@@ -175,3 +175,13 @@ def test_id_map_large_lookup_matches_small() -> None:
 def test_id_map_rejects_duplicates() -> None:
     with pytest.raises(TailorDataError, match="1 duplicate"):
         IdMap(np.array(["a", "b", "a"]))
+
+
+def test_null_ids_are_dropped() -> None:
+    frame = events([("u1", "a", "view", 0), ("u2", "b", "view", 0), ("u1", "b", "purchase", 0)])
+    frame = frame.with_columns(
+        pl.when(pl.col(Columns.USER) == "u2").then(None).otherwise(pl.col(Columns.USER)).alias(Columns.USER)
+    )
+    m = build_matrix(frame)
+    assert m.users.external.tolist() == ["u1"]
+    assert m.matrix.toarray().tolist() == [[1.0, 10.0]]
