@@ -306,7 +306,10 @@ def _cell(value: object) -> str:
 
 
 def promote(
-    version: Annotated[int, typer.Option("--version", "-v", min=1, help="Registered model version to promote")],
+    version: Annotated[
+        int | None,
+        typer.Option("--version", "-v", min=1, help="Registered model version to promote (default: the newest)"),
+    ] = None,
     alias: Annotated[str, typer.Option("--alias", "-a", help="Alias to point at it: champion or challenger")] = (
         "champion"
     ),
@@ -315,13 +318,14 @@ def promote(
     ] = None,
 ) -> None:
     """Point a registry alias (champion/challenger) at a model version; `tailor publish` serves the champion."""
-    from training.tracking import set_alias
+    from training.tracking import latest_version, set_alias
 
     settings = load_settings()
     name = model_name or settings.model_name
     with _user_errors():
-        set_alias(name, alias, version, settings)
-    console.print(f"{name}@{alias} → version {version}")
+        chosen = version if version is not None else latest_version(name, settings)
+        set_alias(name, alias, chosen, settings)
+    console.print(f"{name}@{alias} → version {chosen}")
 
 
 def export(

@@ -82,7 +82,7 @@ def test_runs_lists_both_runs_newest_first(home: Home) -> None:
 
 def test_promote_moves_champion_and_export_follows_it(home: Home, tmp_path: Path) -> None:
     settings = make_settings_for(home)
-    code, out = run(home.path, "promote", "--version", "2", "--alias", "champion")
+    code, out = run(home.path, "promote", "--alias", "champion")  # the newest version by default
     assert (code, "tailor@champion → version 2" in out) == (0, True)
     with tracking.quiet_mlflow():
         assert tracking.load_recommender("models:/tailor@champion", settings)[0].name == "popularity"
@@ -113,6 +113,7 @@ def test_user_errors_exit_2_with_a_clear_message(home: Home, tmp_path: Path) -> 
         (["train", "--model", "als", "--data", str(tmp_path / "nothing")], "data not found"),
         (["train", "--model", "als", "--preset", "nope"], "unknown preset 'nope'"),
         (["promote", "--version", "9"], "cannot set tailor@champion → version 9"),
+        (["promote", "--model-name", "other"], "no versions of model 'other' are registered"),
         (["export", "--users", str(bad), "--out", str(tmp_path / "x.txt")], "must end in .csv or .parquet"),
         (["tune", "--model", "nope", "--trials", "1"], "unknown model 'nope'"),
     ]

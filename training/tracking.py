@@ -290,6 +290,15 @@ def set_alias(name: str, alias: str, version: str | int, settings: Settings) -> 
         raise TrackingError(f"cannot set {name}@{alias} → version {version}: {_short(exc)}") from exc
 
 
+def latest_version(name: str, settings: Settings) -> int:
+    """The newest version number registered under ``name``."""
+    client = connect(settings)
+    versions = [int(mv.version) for mv in client.search_model_versions(filter_string=f"name = '{name}'")]
+    if not versions:
+        raise TrackingError(f"no versions of model {name!r} are registered (train one with `tailor train`)")
+    return max(versions)
+
+
 def resolve_model_uri(model_uri: str, settings: Settings) -> tuple[ModelInfo, str]:
     """Registry name/version/alias and training run of ``model_uri``, plus the URI to download from.
 
