@@ -220,5 +220,8 @@ def test_read_user_ids_formats(tmp_path: Path) -> None:
     pl.DataFrame({"customer": ["a"]}).write_parquet(tmp_path / "bad.parquet")
     with pytest.raises(ExportError, match="has no 'user_id' column"):
         read_user_ids(tmp_path / "bad.parquet")
+    (tmp_path / "wide.csv").write_text("customer,country\nc1,UK\n")
+    with pytest.raises(ExportError, match="several columns but none named 'user_id'"):
+        read_user_ids(tmp_path / "wide.csv")
     with pytest.raises(ExportError, match="users file not found"):
         read_user_ids(tmp_path / "missing.csv")

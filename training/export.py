@@ -65,6 +65,8 @@ def _text_ids(path: Path) -> pl.Series:
     if Columns.USER in header:
         frame = pl.read_csv(path, schema_overrides={Columns.USER: pl.Utf8}, infer_schema_length=0)
         return frame[Columns.USER]
+    if len(header) > 1:
+        raise ExportError(f"{path} has several columns but none named {Columns.USER!r} (header: {header})")
     return pl.Series(Columns.USER, lines, dtype=pl.Utf8)
 
 
