@@ -29,7 +29,8 @@ from features.ids import IdMap
 
 _US_PER_DAY = 86_400 * 1_000_000
 _LN2 = math.log(2.0)
-_Coded = tuple[npt.NDArray[np.int64], IdMap]
+_Codes = npt.NDArray[np.int32]  # internal indices; -1 = unknown or null id
+_Coded = tuple[_Codes, IdMap]
 
 
 class MatrixConfig(BaseModel):
@@ -163,7 +164,7 @@ def _weighted_events(
     return frame
 
 
-def _factorize(column: pl.Series) -> tuple[npt.NDArray[np.int64], IdMap]:
+def _factorize(column: pl.Series) -> tuple[_Codes, IdMap]:
     """Codes into a fresh map of the column's distinct ids, sorted (``-1`` where null).
 
     One hash pass (Arrow's dictionary encoding) gives codes in first-seen order; only the small
@@ -172,19 +173,19 @@ def _factorize(column: pl.Series) -> tuple[npt.NDArray[np.int64], IdMap]:
     encoded = pc.dictionary_encode(column.cast(pl.Utf8).to_arrow())
     dictionary = pl.Series(encoded.dictionary, dtype=pl.Utf8)
     order = dictionary.arg_sort().to_numpy()
-    rank = np.empty(len(order) + 1, dtype=np.int64)
-    rank[order] = np.arange(len(order), dtype=np.int64)
+    rank = np.empty(len(order) + 1, dtype=np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
     rank[-1] = -1  # null ids are filled with -1 below, which picks this slot
     # Through polars: pyarrow's own to_numpy() imports pandas (seconds) for arrays with nulls.
     first_seen = pl.Series(encoded.indices).fill_null(-1).to_numpy()
     return rank[first_seen], IdMap.from_sorted_unique(dictionary.gather(order))
 
 
-def _lookup(column: pl.Series, ids: IdMap | None) -> tuple[npt.NDArray[np.int64], IdMap]:
+def _lookup(column: pl.Series, ids: IdMap | None) -> tuple[_Codes, IdMap]:
     """Codes of ``column`` in ``ids`` (``-1`` for ids outside it), or in a fresh map when None."""
     if ids is None:
         return _factorize(column)
-    return ids.encode(column).fill_null(-1).to_numpy(), ids
+    return ids.encode(column).fill_null(-1).cast(pl.Int32).to_numpy(), ids
 
 
 def _codes(frame: pl.DataFrame, users: IdMap | None, items: IdMap | None) -> tuple[_Coded, _Coded]:
@@ -195,14 +196,12 @@ def _codes(frame: pl.DataFrame, users: IdMap | None, items: IdMap | None) -> tup
         return rows.result(), cols.result()
 
 
-def _csr(
-    rows: npt.NDArray[np.int64], cols: npt.NDArray[np.int64], weights: npt.NDArray[np.float64], shape: tuple[int, int]
-) -> sp.csr_matrix:
+def _csr(rows: _Codes, cols: _Codes, weights: npt.NDArray[np.float64], shape: tuple[int, int]) -> sp.csr_matrix:
     """Sum duplicates in float64 (scipy's COO→CSR is a linear counting sort), store float32 without zeros."""
     known = (rows >= 0) & (cols >= 0)
     if not known.all():
         rows, cols, weights = rows[known], cols[known], weights[known]
-    matrix = sp.csr_matrix((weights, (rows.astype(np.int32), cols.astype(np.int32))), shape=shape, dtype=np.float64)
+    matrix = sp.csr_matrix((weights, (rows, cols)), shape=shape, dtype=np.float64)
     matrix.sum_duplicates()
     matrix.eliminate_zeros()  # zero-weight event types must not mark an item as seen
     return sp.csr_matrix(matrix, dtype=np.float32)
