@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, Ctx, Measurement, Stopwatch, table
+from benchmarks.common import REPO, Ctx, Measurement, Stopwatch, describe_phases, table
 
 SIZES = (1_000_000, 10_000_000)
 QUICK_SIZES = (100_000, 1_000_000)
@@ -59,7 +59,7 @@ def tailor_step(path: str) -> dict[str, Any]:
         "rows": loaded.report.rows_read,
         "valid": loaded.events.height,
         **_matrix_facts(matrix.matrix),
-        "phases": sw.seconds,
+        "phases": sw.as_dict(),
     }
 
 
@@ -89,7 +89,7 @@ def pandas_step(path: str) -> dict[str, Any]:
         r, users = pd.factorize(cells.index.get_level_values(0), sort=True)
         c, items = pd.factorize(cells.index.get_level_values(1), sort=True)
         matrix = sp.csr_matrix((cells.to_numpy(), (r, c)), shape=(len(users), len(items)), dtype=np.float32)
-    return {"rows": rows, "valid": len(df), **_matrix_facts(matrix), "phases": sw.seconds}
+    return {"rows": rows, "valid": len(df), **_matrix_facts(matrix), "phases": sw.as_dict()}
 
 
 def _blank(column: Any) -> Any:
@@ -121,7 +121,7 @@ def retail_step(path: str) -> dict[str, Any]:
         "rejected": {c.reason: c.count for c in report.rejected},
         "duplicates_kept": report.duplicates_kept,
         **_matrix_facts(matrix.matrix),
-        "phases": sw.seconds,
+        "phases": sw.as_dict(),
     }
 
 
@@ -174,7 +174,7 @@ def _synthetic_section(ctx: Ctx) -> str:
             "In the ratio row, *wall s* is the speed-up (pandas time / Tailor time), *events/s* the same "
             "ratio of rates and *peak RSS MB* Tailor's memory as a fraction of pandas'. "
             "CPU s above wall s means several cores were used.",
-            "Per-phase wall seconds (best run):",
+            "Per-phase wall seconds and CPU seconds (best run):",
             table(["events", "implementation", "phases"], phases, align="rll"),
             *verdicts,
         ]
@@ -182,7 +182,7 @@ def _synthetic_section(ctx: Ctx) -> str:
 
 
 def _phase_row(events: int, name: str, m: Measurement) -> list[object]:
-    return [events, name, ", ".join(f"{k} {v:.2f}" for k, v in m.result["phases"].items())]
+    return [events, name, describe_phases(m.result["phases"])]
 
 
 def _verdict(events: int, rate: float, speedup: float) -> str:
@@ -215,7 +215,7 @@ def _retail_section(ctx: Ctx) -> str:
         ["matrix non-zeros", r["nnz"]],
     ]
     speed = [[best.wall_s, r["rows"] / best.wall_s, best.cpu_s, best.peak_rss_mb]]
-    phases = ", ".join(f"{k} {v:.2f} s" for k, v in r["phases"].items())
+    phases = describe_phases(r["phases"])
     return "\n\n".join(
         [
             title,
