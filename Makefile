@@ -8,7 +8,7 @@ RUN := $(UV) run --locked
 export OPENBLAS_NUM_THREADS ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: help setup lint types test demo bench mlflow-ui clean
+.PHONY: help setup lint types test demo stop bench mlflow-ui clean
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ test: lint types ## Every check: lint, types, tests
 
 demo: setup ## End to end on a synthetic store: data → train → MLflow → publish → serve → a real request
 	$(RUN) bash scripts/demo.sh
+
+stop: setup ## Stop the demo's background service and the embedded Redis
+	$(RUN) tailor stop
 
 bench: setup ## Benchmarks; writes benchmarks/RESULTS.md
 	$(RUN) python -m benchmarks.run
