@@ -7,6 +7,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --locked
 export OPENBLAS_NUM_THREADS ?= 1
 export MPLBACKEND ?= Agg
+export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .PHONY: help setup lint types test demo stop bench mlflow-ui clean
 

@@ -6,6 +6,8 @@ stays fast and nothing happens at import time.
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from tailor_cli import data, models, serving
@@ -21,11 +23,14 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-app.add_typer(data.app, name="data", help="Load, validate and synthesize store events.", rich_help_panel="1. Data")
+app.add_typer(data.app, name="data", help="Load, validate and synthesize store events.", rich_help_panel="Data")
 models.register(app)
 serving.register(app)
 
 
 def main() -> None:
     """Console-script entrypoint."""
+    # Tailor is about first-party data used with consent: MLflow's usage telemetry stays off
+    # unless the operator turns it on explicitly.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     app()

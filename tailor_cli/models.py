@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from features.settings import Settings
     from training.pipeline import RunConfig, TrainResult
 
-PANEL = "2. Models"
+PANEL = "Models"
 EXIT_USAGE = 2
 
 ModelOpt = Annotated[

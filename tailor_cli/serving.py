@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from features.mapping import EventMapping
     from training.publish import PublishSummary
 
-PANEL = "3. Serving"
+PANEL = "Serving"
 EXIT_USAGE = 2
 
 redis_app = typer.Typer(no_args_is_help=True, help="Run the embedded Redis (unless REDIS_URL points elsewhere).")
