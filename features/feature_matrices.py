@@ -66,11 +66,11 @@ def feature_rows(frame: pl.DataFrame, features: FeatureMatrix) -> sp.csr_matrix:
     Uses the columns and price bands of ``features``; values never seen when it was built, and the
     identity columns, stay zero. The result has ``len(features.names)`` columns, like the original.
     """
-    columns = _feature_columns(features.names)
+    vocabulary = _feature_vocabulary(features.names)
+    columns = sorted(set(vocabulary[_NAME].str.extract(r"^([^=]*)=").to_list()))
     edges = np.asarray(features.bands[Columns.PRICE]) if PRICE_BAND in columns else None
     categorical = [c for c in columns if c != PRICE_BAND]
     long = _long_features(frame.with_row_index(_ROW), categorical, edges)
-    vocabulary = pl.DataFrame({_NAME: features.names, "_col": np.arange(len(features.names), dtype=np.int64)})
     hits = long.join(vocabulary, on=_NAME, how="inner")
     return _csr(hits[_ROW].to_numpy(), hits["_col"].to_numpy(), (frame.height, len(features.names)))
 
@@ -109,7 +109,8 @@ def _long_features(frame: pl.DataFrame, columns: Sequence[str], edges: npt.NDArr
     if edges is not None and Columns.PRICE in frame.columns:
         parts.append(_price_band(frame, edges))
     empty = pl.DataFrame(schema={_ROW: pl.Int64, _NAME: pl.Utf8})
-    return pl.concat([empty, *parts]).drop_nulls().unique()
+    # No duplicates to remove: rows are unique per id and each column gives at most one feature.
+    return pl.concat([empty, *parts]).drop_nulls()
 
 
 def _one_hot(frame: pl.DataFrame, column: str) -> pl.DataFrame:
@@ -133,18 +134,14 @@ def _assemble(
     """CSR ``[identity | features]`` with feature columns in sorted name order."""
     vocabulary = long[_NAME].unique().sort()
     offset = len(ids) if identity_prefix is not None else 0
-    cols = _positions(vocabulary, long[_NAME])
+    cols = long[_NAME].cast(pl.Enum(vocabulary)).to_physical().cast(pl.Int64).to_numpy()
     matrix = _csr(long[_ROW].to_numpy(), cols + offset, (len(ids), offset + len(vocabulary)))
-    names = vocabulary.to_numpy().astype(np.str_)
+    names = vocabulary
     if identity_prefix is not None:
         matrix = sp.csr_matrix(matrix + sp.eye(len(ids), matrix.shape[1], dtype=np.float32, format="csr"))
-        names = np.concatenate([np.char.add(f"{identity_prefix}=", ids.external), names]).astype(np.str_)
-    return FeatureMatrix(matrix, ids, names, bands)
-
-
-def _positions(sorted_unique: pl.Series, values: pl.Series) -> npt.NDArray[np.int64]:
-    """Index of each value in a sorted, unique series (every value is present)."""
-    return np.searchsorted(sorted_unique.to_numpy(), values.to_numpy()).astype(np.int64)
+        identity = f"{identity_prefix}=" + pl.Series(ids.external, dtype=pl.Utf8)
+        names = pl.concat([identity, vocabulary])
+    return FeatureMatrix(matrix, ids, names.to_numpy().astype(np.str_), bands)
 
 
 def _csr(rows: npt.NDArray[np.int64], cols: npt.NDArray[np.int64], shape: tuple[int, int]) -> sp.csr_matrix:
@@ -152,7 +149,8 @@ def _csr(rows: npt.NDArray[np.int64], cols: npt.NDArray[np.int64], shape: tuple[
     return sp.csr_matrix((data, (rows, cols)), shape=shape, dtype=np.float32)
 
 
-def _feature_columns(names: npt.NDArray[np.str_]) -> list[str]:
-    """The source columns behind feature names (``"brand=acme"`` → ``"brand"``), identity excluded."""
-    prefixes = pl.Series(names, dtype=pl.Utf8).str.extract(r"^([^=]*)=").unique().drop_nulls()
-    return sorted(set(prefixes.to_list()) - set(_IDENTITY_PREFIXES))
+def _feature_vocabulary(names: npt.NDArray[np.str_]) -> pl.DataFrame:
+    """``(_name, _col)`` of the non-identity columns (``"brand=acme"``, not ``"item_id=i1"``)."""
+    frame = pl.DataFrame({_NAME: pl.Series(names, dtype=pl.Utf8)}).with_row_index("_col")
+    identity = pl.any_horizontal(pl.col(_NAME).str.starts_with(f"{prefix}=") for prefix in _IDENTITY_PREFIXES)
+    return frame.filter(~identity).select(_NAME, pl.col("_col").cast(pl.Int64))
