@@ -54,8 +54,11 @@ K = Annotated[int, Parameter(ge=1, le=MAX_K, description=f"number of items (1-{M
 PathId = Annotated[str, Parameter(min_length=1, max_length=MAX_ID_LENGTH)]
 
 
-def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Guard of ``/v1``: the X-API-Key header must hold a configured key (constant-time compare)."""
+async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard of ``/v1``: the X-API-Key header must hold a configured key (constant-time compare).
+
+    ``async`` on purpose: Litestar runs a sync guard in a worker thread, a thread hop on every request.
+    """
     given = connection.headers.get(API_KEY_HEADER)
     if not given:
         raise UnauthorizedError(f"missing {API_KEY_HEADER} header", field=API_KEY_HEADER)
