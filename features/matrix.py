@@ -143,24 +143,31 @@ def _naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
-def _weighted_events(
-    events: pl.DataFrame | pl.LazyFrame, config: MatrixConfig, reference_time: datetime | None
-) -> pl.DataFrame:
-    """``(user_id, item_id, weight)`` per event; a clear error on missing columns or unusable weights."""
-    weight = _weight_expr(config, reference_time).alias(Columns.WEIGHT)
-    query = events.lazy().select(pl.col(Columns.USER).cast(pl.Utf8), pl.col(Columns.ITEM).cast(pl.Utf8), weight)
-    try:
-        frame = query.collect()
-    except pl.exceptions.ColumnNotFoundError as exc:
-        raise SchemaError(f"events are missing a column needed for the matrix: {exc}") from exc
-    bad = frame[Columns.WEIGHT].is_null() | frame[Columns.WEIGHT].is_nan()
+def _needed_columns(events: pl.DataFrame | pl.LazyFrame, config: MatrixConfig) -> pl.DataFrame:
+    """The events' columns the matrix needs, without copying a DataFrame's columns."""
+    needed = [Columns.USER, Columns.ITEM, Columns.EVENT]
+    if config.half_life_days is not None:
+        needed.append(Columns.TIMESTAMP)
+    present = events.collect_schema().names()
+    missing = [c for c in needed if c not in present]
+    if missing:
+        raise SchemaError(f"events are missing column(s) needed for the matrix: {missing} (columns: {present})")
+    if isinstance(events, pl.LazyFrame):
+        return events.select(needed).collect()
+    return pl.DataFrame([events[c] for c in needed])  # an eager select would copy every column
+
+
+def _weights(frame: pl.DataFrame, config: MatrixConfig, reference_time: datetime | None) -> npt.NDArray[np.float64]:
+    """Float64 weight per event; a clear error, with row numbers, where it is null or NaN."""
+    weight = frame.select(_weight_expr(config, reference_time)).to_series()
+    bad = weight.is_null() | weight.is_nan()
     if bad.any():
         first = (bad.arg_true() + 1).head(5).to_list()
         raise TailorDataError(
             f"{bad.sum()} interaction weights are null/NaN (first rows, 1-based: {first}); "
             f"check the {Columns.TIMESTAMP!r} column and the event weights"
         )
-    return frame
+    return weight.to_numpy()
 
 
 def _factorize(column: pl.Series) -> tuple[_Codes, IdMap]:
@@ -169,7 +176,8 @@ def _factorize(column: pl.Series) -> tuple[_Codes, IdMap]:
     One hash pass (Arrow's dictionary encoding) gives codes in first-seen order; only the small
     dictionary is then sorted, and the codes are renumbered with one gather.
     """
-    encoded = pc.dictionary_encode(column.cast(pl.Utf8).to_arrow())
+    # Arrow's string_view is polars' own layout: handing it over copies nothing.
+    encoded = pc.dictionary_encode(column.cast(pl.Utf8).to_arrow(compat_level=pl.CompatLevel.newest()))
     dictionary = pl.Series(encoded.dictionary, dtype=pl.Utf8)
     order = dictionary.arg_sort().to_numpy()
     rank = np.empty(len(order) + 1, dtype=np.int32)
@@ -223,9 +231,10 @@ def build_matrix(
     not stored. ``reference_time`` defaults to the latest event.
     """
     config = config or MatrixConfig()
-    frame = _weighted_events(events, config, reference_time)
+    frame = _needed_columns(events, config)
+    weights = _weights(frame, config, reference_time)
     (rows, users), (cols, items) = _codes(frame, users, items)
-    matrix = _csr(rows, cols, frame[Columns.WEIGHT].to_numpy(), (len(users), len(items)))
+    matrix = _csr(rows, cols, weights, (len(users), len(items)))
     return InteractionMatrix(matrix, users, items)
 
 
