@@ -1,29 +1,31 @@
 """What the endpoints do: recommendations with the fallback chain, similar items, events, readiness.
 
-Recommendations for a user take three or four Redis round trips, all on one version:
+Recommendations for a user take one Redis round trip in the steady state: one script call returns
+the active version record and, in the version this process last saw, the user's published list,
+real-time state (recent items, items bought since publish) and the similar-items lists of their
+recent items (:meth:`Store.user_state`, shared by the requests of one event-loop tick). If the
+active version is not the one guessed, the read is repeated for the active one, so a switch is seen
+at once and a response never mixes two versions.
 
-1. active version + the user's recent items + items bought since publish (one pipeline);
-2. the user's published list + similar-items lists of their recent items (one MGET);
-3. fallback lists not yet cached in memory (requested category, the user's segment, global);
-4. availability of the candidates (HMGET on the version's item metadata).
-
-Fallback lists of the active version are cached in memory (they never change within a version), and
-the latest global list is kept as the outage copy: when Redis is unreachable, recommendations come
-from it with ``degraded: true``. The copy is loaded at startup and refreshed whenever a request sees
-a new active version.
+Everything else is immutable within a version and cached in memory per version: the fallback lists
+(requested category, the user's segment, global) and item metadata (availability, category), each
+read from Redis the first time it is needed. The latest global list is kept as the outage copy: when
+Redis is unreachable, recommendations come from it with ``degraded: true``. The copy is loaded at
+startup and refreshed whenever a request sees a new active version.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Final
 
 from service import ranking
-from service.contract import ActiveVersion, Keys, RecList
-from service.errors import InvalidInputError, NotFoundError, NotPublishedError, StoreUnavailableError
+from service.contract import ActiveVersion, ItemMeta, Keys, RecList, UserRecs, decode
+from service.errors import InvalidInputError, NotFoundError, NotPublishedError, StoreUnavailableError, UnavailableError
 from service.metrics import Metrics
 from service.ranking import Candidate
 from service.schemas import (
@@ -38,11 +40,11 @@ from service.schemas import (
     SimilarItemsOut,
     Source,
 )
-from service.store import Store
+from service.store import MAX_SEEDS, Store, UserState
 
-MAX_SEEDS: Final = 5
-"""Recent items whose similar-items lists are merged for "because you viewed"."""
 _META_CHUNK_MIN: Final = 32
+_READ_ATTEMPTS: Final = 3
+"""Reads of one request when the active version keeps changing under it (two are enough in practice)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class VersionCache:
     def __init__(self) -> None:
         self.version: int | None = None
         self.lists: dict[str, RecList] = {}
+        self.meta: dict[str, ItemMeta | None] = {}
         self.outage_copy: tuple[ActiveVersion, RecList] | None = None
 
     def observe(self, active: ActiveVersion) -> None:
@@ -78,6 +81,7 @@ class VersionCache:
         if active.version != self.version:
             self.version = active.version
             self.lists = {}
+            self.meta = {}
 
     def store(self, active: ActiveVersion, key: str, rec: RecList) -> None:
         if active.version == self.version:
@@ -116,25 +120,39 @@ class Engine:
         return out
 
     async def _recommend(self, query: Query) -> RecommendationsOut:
-        context = await self.store.user_context(query.user_id)
-        active = context.active
-        if active is None:
-            raise NotPublishedError("nothing has been published yet: run `tailor publish`")
+        active, state = await self._user_state(query.user_id)
         self.cache.observe(active)
-        seeds = context.recent[:MAX_SEEDS]
-        user, similar = await self.store.user_lists(active.version, query.user_id, seeds)
+        v = active.version
+        user = decode(state.user, UserRecs, where=Keys.user(v, query.user_id)) if state.user is not None else None
+        seeds = [item.decode() for item in state.recent[:MAX_SEEDS]]
+        similar = [
+            decode(raw, RecList, where=Keys.similar(v, seed)) if raw is not None else None
+            for seed, raw in zip(seeds, state.similar, strict=True)
+        ]
         streams = [
             ranking.from_list(user, ranking.PERSONALIZED, Source.PERSONALIZED),
             ranking.because_you_viewed(seeds, similar),
             *await self._fallback_streams(active, query.category, user.segment if user else None),
         ]
-        blocked = {*query.exclude, *context.bought, *(user.bought if user else ())}
-        chosen = await self._first_available(active.version, ranking.unique_allowed(streams, blocked), query.k)
+        blocked = {*query.exclude, *(item.decode() for item in state.bought), *(user.bought if user else ())}
+        chosen = await self._first_available(v, ranking.unique_allowed(streams, blocked), query.k)
         return _response(query, chosen, active, degraded=False)
+
+    async def _user_state(self, user_id: str) -> tuple[ActiveVersion, UserState]:
+        """The active version and the user's state read in it (guessing the version seen last)."""
+        guess = self.cache.version or 0  # versions start at 1: 0 reads nothing, then the real one is read
+        for _ in range(_READ_ATTEMPTS):
+            active, state = await self.store.user_state(user_id, guess)
+            if active is None:
+                raise NotPublishedError("nothing has been published yet: run `tailor publish`")
+            if active.version == guess:
+                return active, state
+            guess = active.version
+        raise UnavailableError(f"the active version changed {_READ_ATTEMPTS} times during one request; retry")
 
     async def _fallback_streams(
         self, active: ActiveVersion, category: str | None, segment: str | None
-    ) -> list[list[Candidate]]:
+    ) -> list[Iterator[Candidate]]:
         """Requested category first (explicit context), then the user's segment, then global."""
         v = active.version
         chain: list[tuple[str, str, Source]] = []
@@ -157,20 +175,29 @@ class Engine:
         return [found.get(key) for key in keys]
 
     async def _first_available(
-        self, version: int, candidates: list[Candidate], k: int
+        self, version: int, candidates: Iterable[Candidate], k: int
     ) -> list[tuple[Candidate, str | None]]:
-        """The first ``k`` candidates that are available, with their category (metadata read in chunks)."""
+        """The first ``k`` candidates that are available, with their category (metadata checked in chunks)."""
         chosen: list[tuple[Candidate, str | None]] = []
         chunk = max(2 * k, _META_CHUNK_MIN)
-        for start in range(0, len(candidates), chunk):
-            part = candidates[start : start + chunk]
-            meta = await self.store.item_meta(version, [c.item_id for c in part])
+        pending = iter(candidates)
+        while part := list(islice(pending, chunk)):
+            meta = await self._item_meta(version, [c.item_id for c in part])
             for candidate in ranking.available(part, meta, k - len(chosen)):
                 item = meta[candidate.item_id]
                 chosen.append((candidate, item.category if item else None))
             if len(chosen) >= k:
                 break
         return chosen
+
+    async def _item_meta(self, version: int, ids: list[str]) -> dict[str, ItemMeta | None]:
+        """Metadata of ``ids`` (None: not in the catalogue). Immutable within a version, so each item is
+        read from Redis once per version; the returned mapping may hold more items than asked for."""
+        cache = self.cache.meta if version == self.cache.version else {}  # a request of an older version
+        missing = [i for i in ids if i not in cache]
+        if missing:
+            cache.update(await self.store.item_meta(version, missing))
+        return cache
 
     def _degraded(self, query: Query) -> RecommendationsOut:
         """Redis is unreachable: the in-memory global list minus the caller's exclusions."""
@@ -180,7 +207,7 @@ class Engine:
         candidates = ranking.unique_allowed(
             [ranking.from_list(rec, ranking.POPULAR, Source.POPULAR)], set(query.exclude)
         )
-        return _response(query, [(c, None) for c in candidates[: query.k]], active, degraded=True)
+        return _response(query, [(c, None) for c in islice(candidates, query.k)], active, degraded=True)
 
     # --- similar items, readiness, events -----------------------------------------------------------------
     async def similar(self, item_id: str, k: int) -> SimilarItemsOut:

@@ -8,7 +8,7 @@ purchases) dropped, and the first ``k`` available items win.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import zip_longest
 
@@ -29,14 +29,14 @@ class Candidate:
     source: Source
 
 
-def from_list(rec: RecList | None, reason: str, source: Source) -> list[Candidate]:
-    """Candidates of one ranked list (empty if the list does not exist)."""
+def from_list(rec: RecList | None, reason: str, source: Source) -> Iterator[Candidate]:
+    """Candidates of one ranked list (empty if the list does not exist), built lazily."""
     if rec is None:
-        return []
-    return [Candidate(item, score, reason, source) for item, score in zip(rec.items, rec.scores, strict=True)]
+        return iter(())
+    return (Candidate(item, score, reason, source) for item, score in zip(rec.items, rec.scores, strict=True))
 
 
-def because_you_viewed(seeds: Sequence[str], similar: Sequence[RecList | None]) -> list[Candidate]:
+def because_you_viewed(seeds: Sequence[str], similar: Sequence[RecList | None]) -> Iterator[Candidate]:
     """Round-robin merge of the similar-items lists of recently viewed items, most recent seed first.
 
     The seeds themselves are left out: "because you viewed X" never proposes X.
@@ -45,19 +45,17 @@ def because_you_viewed(seeds: Sequence[str], similar: Sequence[RecList | None]) 
     streams = [from_list(rec, reason, Source.RECENT_VIEWS) for reason, rec in zip(reasons, similar, strict=True)]
     seed_set = set(seeds)
     merged = (c for row in zip_longest(*streams) for c in row if c is not None)
-    return [c for c in merged if c.item_id not in seed_set]
+    return (c for c in merged if c.item_id not in seed_set)
 
 
-def unique_allowed(streams: Iterable[Sequence[Candidate]], blocked: set[str]) -> list[Candidate]:
+def unique_allowed(streams: Iterable[Iterable[Candidate]], blocked: set[str]) -> Iterator[Candidate]:
     """All candidates in stream order, each item once (its first, best-placed occurrence), blocked ones dropped."""
     seen = set(blocked)
-    out = []
     for stream in streams:
         for candidate in stream:
             if candidate.item_id not in seen:
                 seen.add(candidate.item_id)
-                out.append(candidate)
-    return out
+                yield candidate
 
 
 def available(candidates: Sequence[Candidate], meta: Mapping[str, ItemMeta | None], k: int) -> list[Candidate]:

@@ -2,15 +2,22 @@
 
 Connection failures and timeouts become :class:`~service.errors.StoreUnavailableError`; callers decide
 whether to degrade (reads) or refuse (event writes). Payloads are decoded with the shared contract.
+
+The recommendation hot path is one Lua script call (:data:`USER_STATE_LUA`): it reads the active
+record and, in the version the caller expects, the users' published payloads, their real-time state
+and the similar-items lists of their recent items, atomically. Requests that ask in the same
+event-loop tick share one call (:meth:`Store.user_state`): a redis-py round trip costs far more CPU
+than the script's work for one more user.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -26,23 +33,49 @@ from service.contract import (
     ItemMeta,
     Keys,
     RecList,
-    UserRecs,
     decode,
 )
 from service.errors import StoreUnavailableError, UnavailableError
 from service.schemas import EventIn
 
+MAX_SEEDS: Final = 5
+"""Recent items whose similar-items lists are read for "because you viewed"."""
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 _RECENT_TYPES = frozenset({EventType.VIEW, EventType.ADD_TO_CART})
 
+USER_STATE_LUA: Final = """
+-- ARGV: active key; user, similar, recent, bought key prefixes; recent max; seeds; then user ids.
+-- Keys are derived here (standalone Redis allows it) so the version read and the payloads are one snapshot.
+local out = {redis.call('GET', ARGV[1])}
+local last, seeds = tonumber(ARGV[6]) - 1, tonumber(ARGV[7])
+for i = 8, #ARGV do
+  local id = ARGV[i]
+  local recent = redis.call('LRANGE', ARGV[4] .. id, 0, last)
+  local similar = {}
+  for j = 1, math.min(#recent, seeds) do
+    similar[j] = redis.call('GET', ARGV[3] .. recent[j])
+  end
+  out[#out + 1] = {redis.call('GET', ARGV[2] .. id), recent, redis.call('SMEMBERS', ARGV[5] .. id), similar}
+end
+return out
+"""
+"""One read for a batch of users: ``[active, [user payload, recent, bought, similar lists], ...]``."""
 
-@dataclass(frozen=True)
-class UserContext:
-    """First round trip of a recommendation: active version and the user's real-time state."""
 
-    active: ActiveVersion | None
-    recent: list[str]
-    bought: set[str]
+@dataclass(frozen=True, slots=True)
+class UserState:
+    """What one recommendation needs from Redis besides cached lists, as raw payloads of one version.
+
+    ``similar`` holds the similar-items lists of the first :data:`MAX_SEEDS` recent items (None where absent).
+    """
+
+    user: bytes | None
+    recent: list[bytes]
+    bought: list[bytes]
+    similar: list[bytes | None]
+
+
+_Pending = dict[int, list[tuple[str, "asyncio.Future[tuple[ActiveVersion | None, UserState]]"]]]
 
 
 @contextmanager
@@ -59,6 +92,10 @@ class Store:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
+        self._script = client.register_script(USER_STATE_LUA)  # EVALSHA; reloaded on NOSCRIPT (Redis restart)
+        self._pending: _Pending = {}
+        self._batches: set[asyncio.Task[None]] = set()  # strong references until each batch is done
+        self._active_seen: tuple[bytes | str, ActiveVersion] | None = None
 
     async def ping(self) -> None:
         with unreachable_as_unavailable():
@@ -67,27 +104,59 @@ class Store:
     async def active(self) -> ActiveVersion | None:
         with unreachable_as_unavailable():
             raw = await self.client.get(Keys.ACTIVE)
-        return _active(raw)
+        return self._active(raw)
 
-    async def user_context(self, user_id: str) -> UserContext:
-        """Active version, recently viewed/carted items (newest first), items bought since publish."""
-        with unreachable_as_unavailable():
-            pipe = self.client.pipeline(transaction=False)
-            pipe.get(Keys.ACTIVE)
-            pipe.lrange(Keys.recent(user_id), 0, RECENT_MAX - 1)
-            pipe.smembers(Keys.bought(user_id))
-            raw_active, recent, bought = await pipe.execute()
-        return UserContext(_active(raw_active), [r.decode() for r in recent], {b.decode() for b in bought})
+    async def user_state(self, user_id: str, version: int) -> tuple[ActiveVersion | None, UserState]:
+        """The active version and ``user_id``'s state read in ``version`` (valid only if that is the active one).
 
-    async def user_lists(
-        self, version: int, user_id: str, seeds: Sequence[str]
-    ) -> tuple[UserRecs | None, list[RecList | None]]:
-        """The user's published payload and the similar-items lists of ``seeds``, in one round trip."""
-        keys = [Keys.user(version, user_id), *(Keys.similar(version, s) for s in seeds)]
+        Requests asking in the same event-loop tick are answered by one script call.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[ActiveVersion | None, UserState]] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.setdefault(version, []).append((user_id, future))
+        return await future
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for version, batch in pending.items():
+            task = asyncio.ensure_future(self._answer(version, batch))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _answer(self, version: int, batch: list[tuple[str, asyncio.Future[Any]]]) -> None:
+        """Run one batch and hand each waiting request its part (or the error)."""
+        try:
+            active, states = await self.read_users(version, [user_id for user_id, _ in batch])
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), state in zip(batch, states, strict=True):
+            if not future.done():  # the request may have been cancelled meanwhile
+                future.set_result((active, state))
+
+    async def read_users(self, version: int, user_ids: Sequence[str]) -> tuple[ActiveVersion | None, list[UserState]]:
+        """One script call: the active record and each user's :class:`UserState` in ``version``."""
+        args: tuple[str | int, ...] = (
+            Keys.ACTIVE, Keys.user(version, ""), Keys.similar(version, ""), Keys.recent(""), Keys.bought(""),
+            RECENT_MAX, MAX_SEEDS, *user_ids,
+        )  # fmt: skip
         with unreachable_as_unavailable():
-            raws = await self.client.mget(keys)
-        user = decode(raws[0], UserRecs, where=keys[0]) if raws[0] is not None else None
-        return user, [_rec_list(raw, key) for raw, key in zip(raws[1:], keys[1:], strict=True)]
+            raw_active, *rows = await self._script(args=args)
+        return self._active(raw_active), [UserState(*row) for row in rows]
+
+    def _active(self, raw: bytes | str | None) -> ActiveVersion | None:
+        """Decode the active record, or reuse the last decoding when the bytes are the same."""
+        seen = self._active_seen
+        if seen is not None and raw == seen[0]:
+            return seen[1]
+        active = _active(raw)
+        if raw is not None and active is not None:
+            self._active_seen = (raw, active)
+        return active
 
     async def rec_lists(self, keys: Sequence[str]) -> list[RecList | None]:
         """Several ranked lists (fallback or similar-items lists) by key; None where absent."""
