@@ -20,14 +20,16 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import islice
+from itertools import chain, islice
 from typing import Final
+
+from prometheus_client import Counter
 
 from service import ranking
 from service.contract import ActiveVersion, ItemMeta, Keys, RecList, UserRecs, decode
 from service.errors import InvalidInputError, NotFoundError, NotPublishedError, StoreUnavailableError, UnavailableError
 from service.metrics import Metrics
-from service.ranking import Candidate
+from service.ranking import Candidate, Chosen
 from service.schemas import (
     MAX_EXCLUDE,
     MAX_ID_LENGTH,
@@ -98,6 +100,7 @@ class Engine:
         self.store = store
         self.metrics = metrics
         self.cache = VersionCache()
+        self._counters: dict[tuple[Source, bool], Counter] = {}
 
     async def warm_up(self) -> None:
         """Load the outage copy (startup). A Redis outage here is not an error: we just start cold."""
@@ -116,8 +119,16 @@ class Engine:
             out = await self._recommend(query)
         except StoreUnavailableError:
             out = self._degraded(query)
-        self.metrics.recommendations.labels(out.source.value, str(out.degraded).lower()).inc()
+        self._counter(out.source, out.degraded).inc()
         return out
+
+    def _counter(self, source: Source, degraded: bool) -> Counter:
+        """The recommendations counter of one label pair (``labels()`` costs more than the increment)."""
+        counter = self._counters.get((source, degraded))
+        if counter is None:
+            counter = self.metrics.recommendations.labels(source.value, str(degraded).lower())
+            self._counters[source, degraded] = counter
+        return counter
 
     async def _recommend(self, query: Query) -> RecommendationsOut:
         active, state = await self._user_state(query.user_id)
@@ -174,30 +185,20 @@ class Engine:
                 self.cache.store(active, key, rec)
         return [found.get(key) for key in keys]
 
-    async def _first_available(
-        self, version: int, candidates: Iterable[Candidate], k: int
-    ) -> list[tuple[Candidate, str | None]]:
-        """The first ``k`` candidates that are available, with their category (metadata checked in chunks)."""
-        chosen: list[tuple[Candidate, str | None]] = []
-        chunk = max(2 * k, _META_CHUNK_MIN)
-        pending = iter(candidates)
-        while part := list(islice(pending, chunk)):
-            meta = await self._item_meta(version, [c.item_id for c in part])
-            for candidate in ranking.available(part, meta, k - len(chosen)):
-                item = meta[candidate.item_id]
-                chosen.append((candidate, item.category if item else None))
-            if len(chosen) >= k:
-                break
-        return chosen
+    async def _first_available(self, version: int, candidates: Iterable[Candidate], k: int) -> list[Chosen]:
+        """The first ``k`` candidates that are available, with their category.
 
-    async def _item_meta(self, version: int, ids: list[str]) -> dict[str, ItemMeta | None]:
-        """Metadata of ``ids`` (None: not in the catalogue). Immutable within a version, so each item is
-        read from Redis once per version; the returned mapping may hold more items than asked for."""
-        cache = self.cache.meta if version == self.cache.version else {}  # a request of an older version
-        missing = [i for i in ids if i not in cache]
-        if missing:
-            cache.update(await self.store.item_meta(version, missing))
-        return cache
+        Item metadata is immutable within a version, so it is cached per version: each item is read
+        from Redis once (with the next candidates, in one HMGET), then only looked up in memory.
+        """
+        meta = self.cache.meta if version == self.cache.version else {}  # {}: a request of an older version
+        chosen: list[Chosen] = []
+        pending: Iterator[Candidate] = iter(candidates)
+        while (unknown := ranking.take_available(pending, meta, k, chosen)) is not None:
+            ahead = [unknown, *islice(pending, max(2 * k, _META_CHUNK_MIN) - 1)]
+            meta.update(await self.store.item_meta(version, [c.item_id for c in ahead if c.item_id not in meta]))
+            pending = chain(ahead, pending)
+        return chosen
 
     def _degraded(self, query: Query) -> RecommendationsOut:
         """Redis is unreachable: the in-memory global list minus the caller's exclusions."""

@@ -17,6 +17,8 @@ from service.schemas import Source
 
 PERSONALIZED = "personalized"
 POPULAR = "popular"
+_UNKNOWN = ItemMeta(available=False)
+"""Sentinel (compared by identity) for "no metadata loaded yet", unlike None: "not in the catalogue"."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +29,10 @@ class Candidate:
     score: float
     reason: str
     source: Source
+
+
+Chosen = tuple[Candidate, str | None]
+"""A candidate picked for the response, with its category."""
 
 
 def from_list(rec: RecList | None, reason: str, source: Source) -> Iterator[Candidate]:
@@ -58,16 +64,23 @@ def unique_allowed(streams: Iterable[Iterable[Candidate]], blocked: set[str]) ->
                 yield candidate
 
 
-def available(candidates: Sequence[Candidate], meta: Mapping[str, ItemMeta | None], k: int) -> list[Candidate]:
-    """The first ``k`` candidates whose metadata says available (no metadata = not in the catalogue = dropped)."""
-    out = []
+def take_available(
+    candidates: Iterator[Candidate], meta: Mapping[str, ItemMeta | None], k: int, chosen: list[Chosen]
+) -> Candidate | None:
+    """Move available candidates, with their category, to ``chosen`` until it holds ``k``.
+
+    Items known not to be in the catalogue (metadata None) are dropped. Stops at the first candidate
+    whose metadata ``meta`` does not hold and returns it (the caller loads it and calls again), else None.
+    """
     for candidate in candidates:
-        item = meta.get(candidate.item_id)
+        item = meta.get(candidate.item_id, _UNKNOWN)
+        if item is _UNKNOWN:
+            return candidate
         if item is not None and item.available:
-            out.append(candidate)
-            if len(out) == k:
-                break
-    return out
+            chosen.append((candidate, item.category))
+            if len(chosen) >= k:
+                return None
+    return None
 
 
 def parse_exclude(raw: str | None) -> list[str]:
