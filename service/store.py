@@ -75,7 +75,8 @@ class UserState:
     similar: list[bytes | None]
 
 
-_Pending = dict[int, list[tuple[str, "asyncio.Future[tuple[ActiveVersion | None, UserState]]"]]]
+_Batch = list[tuple[str, "asyncio.Future[tuple[ActiveVersion | None, UserState]]"]]
+_Pending = dict[int, _Batch]
 
 
 @contextmanager
@@ -94,7 +95,8 @@ class Store:
         self.client = client
         self._script = client.register_script(USER_STATE_LUA)  # EVALSHA; reloaded on NOSCRIPT (Redis restart)
         self._pending: _Pending = {}
-        self._batches: set[asyncio.Task[None]] = set()  # strong references until each batch is done
+        self._batches: set[asyncio.Task[None]] = set()  # script calls under way
+        self._flush_scheduled = False
         self._active_seen: tuple[bytes | str, ActiveVersion] | None = None
 
     async def ping(self) -> None:
@@ -109,34 +111,43 @@ class Store:
     async def user_state(self, user_id: str, version: int) -> tuple[ActiveVersion | None, UserState]:
         """The active version and ``user_id``'s state read in ``version`` (valid only if that is the active one).
 
-        Requests asking in the same event-loop tick are answered by one script call.
+        Requests share script calls: the requests that ask while a call is under way wait for it to end
+        and then go together in the next one; with none under way, the call goes out on the next
+        event-loop tick. Under load batches grow by themselves; an idle service adds no wait.
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[ActiveVersion | None, UserState]] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush)
+        future: asyncio.Future[tuple[ActiveVersion | None, UserState]] = asyncio.get_running_loop().create_future()
         self._pending.setdefault(version, []).append((user_id, future))
+        self._schedule_flush()
         return await future
 
+    def _schedule_flush(self) -> None:
+        if self._pending and not self._flush_scheduled and not self._batches:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
+        self._flush_scheduled = False
         pending, self._pending = self._pending, {}
         for version, batch in pending.items():
             task = asyncio.ensure_future(self._answer(version, batch))
-            self._batches.add(task)
-            task.add_done_callback(self._batches.discard)
+            self._batches.add(task)  # also the strong reference a running task needs
 
-    async def _answer(self, version: int, batch: list[tuple[str, asyncio.Future[Any]]]) -> None:
+    async def _answer(self, version: int, batch: _Batch) -> None:
         """Run one batch and hand each waiting request its part (or the error)."""
         try:
             active, states = await self.read_users(version, [user_id for user_id, _ in batch])
-        except Exception as exc:
+        except BaseException as exc:
             for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future), state in zip(batch, states, strict=True):
-            if not future.done():  # the request may have been cancelled meanwhile
-                future.set_result((active, state))
+                _fail(future, exc)
+            if not isinstance(exc, Exception):
+                raise  # cancelled: end the task; errors went to the requests (no "never retrieved" noise)
+        else:
+            for (_, future), state in zip(batch, states, strict=True):
+                if not future.done():  # the request may have been cancelled meanwhile
+                    future.set_result((active, state))
+        finally:
+            self._batches.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._schedule_flush()
 
     async def read_users(self, version: int, user_ids: Sequence[str]) -> tuple[ActiveVersion | None, list[UserState]]:
         """One script call: the active record and each user's :class:`UserState` in ``version``."""
@@ -221,6 +232,16 @@ def stream_fields(event: EventIn, now: datetime) -> dict[str, str]:
         "recommendation_id": event.recommendation_id,
     }
     return {name: str(value) for name, value in fields.items() if value is not None}
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    """Pass a batch's failure to one waiting request (a cancelled batch cancels it)."""
+    if future.done():
+        return
+    if isinstance(exc, asyncio.CancelledError):
+        future.cancel()
+    else:
+        future.set_exception(exc)
 
 
 def _active(raw: bytes | str | None) -> ActiveVersion | None:
