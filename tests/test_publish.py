@@ -7,6 +7,8 @@ import socket
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
+import numpy as np
 import pytest
 import redis
 
@@ -22,15 +24,19 @@ from service.contract import (
     decode,
 )
 from tests.conftest import TINY_SCORES, StaticConfig, StaticModel, TinyStore
-from training.models.base import TrainData, get_model_class
+from training.models.base import Recommendations, TrainData, get_model_class
 from training.publish import (
     LOCK_TTL_S,
+    BatchWriter,
     PublishError,
     PublishInfo,
     PublishProgress,
     PublishSummary,
     active_version,
+    encode_lists,
+    msgpack_strings,
     publish,
+    write_user_lists,
 )
 
 T0 = datetime(2024, 2, 1, 12, 0, tzinfo=UTC)
@@ -235,6 +241,74 @@ def test_a_catalogue_without_model_items_is_refused(tiny_store: TinyStore, redis
             info=PublishInfo(model_name="m", model_version="1"), progress=False,
         )  # fmt: skip
     assert redis_client.get(Keys.ACTIVE) is None
+
+
+# --- fast list encoding (numpy bytes instead of Python str/float objects) ------------------------------------
+ODD_IDS = ["a", "", "é", "中文", "🛒x", "a\x00b", "k" * 31, "k" * 32, "ü" * 128, "k" * 255, "k" * 256, "z" * 70_000]
+
+
+def test_msgpack_strings_are_msgspec_bytes() -> None:
+    """Every msgpack str form (fixstr, str8, str16, str32), 1-4 byte UTF-8, an embedded NUL."""
+    blob, sizes = msgpack_strings(np.array(ODD_IDS))
+    expected = [msgspec.msgpack.encode(i) for i in ODD_IDS]
+    assert blob == b"".join(expected)
+    assert sizes.tolist() == [len(e) for e in expected]
+    empty_blob, empty_sizes = msgpack_strings(np.array([], dtype=np.str_))
+    assert (empty_blob, empty_sizes.tolist()) == (b"", [])
+
+
+def test_msgpack_strings_refuse_lone_surrogates() -> None:
+    with pytest.raises(ValueError, match="lone surrogate"):
+        msgpack_strings(np.array(["ok", "bad\ud800"]))
+
+
+def test_encoded_lists_equal_msgspec_lists_and_drop_invalid_entries() -> None:
+    ids = np.array([[f"i{j}" for j in range(20)], ["é"] + [""] * 19])
+    scores = np.full((2, 20), -np.inf, dtype=np.float32)
+    scores[0], scores[1, 0] = np.arange(20, 0, -1, dtype=np.float32) / 4, np.float32(0.9)
+    valid = ids != ""
+    valid[0, 3] = False  # an entry dropped mid-row (as items missing from the catalogue are)
+    (items0, scores0), (items1, scores1) = encode_lists(ids, scores, valid)
+    kept = [j for j in range(20) if j != 3]  # 19 entries: an array16 header, not a fixarray
+    assert bytes(items0) == msgspec.msgpack.encode([f"i{j}" for j in kept])
+    assert bytes(scores0) == msgspec.msgpack.encode([(20 - j) / 4 for j in kept])
+    assert (bytes(items1), bytes(scores1)) == (msgspec.msgpack.encode(["é"]), msgspec.msgpack.encode([0.9]))
+
+
+def test_written_user_lists_decode_to_the_plain_structs(redis_client: redis.Redis) -> None:
+    """Fast payloads are byte for byte the plain msgspec encoding of the same UserRecs."""
+    recs = Recommendations(
+        query_ids=np.array(["u1", "ü2", "u3", "u 4"]),
+        item_ids=np.array([["A", "中文", "🛒"], ["B", "", ""], ["", "", ""], ["C", "k" * 40, "D"]]),
+        scores=np.array(
+            [[0.9, 0.8, 0.7], [2.5, -np.inf, -np.inf], [-np.inf] * 3, [1e-8, 0.0, -3.25]], dtype=np.float32
+        ),
+    )
+    writer = BatchWriter(redis_client)
+    write_user_lists(writer, 7, recs, {"u1": "vip", "u3": "bargain"}, [["X"], [], ["Y", "Z"], []])
+    expected = {
+        "u1": UserRecs(items=["A", "中文", "🛒"], scores=[0.9, 0.8, 0.7], segment="vip", bought=["X"]),
+        "ü2": UserRecs(items=["B"], scores=[2.5]),
+        "u3": UserRecs(items=[], scores=[], segment="bargain", bought=["Y", "Z"]),
+        "u 4": UserRecs(items=["C", "k" * 40, "D"], scores=[1e-8, 0.0, -3.25]),
+    }
+    for user_id, want in expected.items():
+        raw = redis_client.get(Keys.user(7, user_id))
+        assert raw == msgspec.msgpack.encode(want)
+        assert decode(raw, UserRecs) == want
+    assert (writer.keys, redis_client.dbsize()) == (4, 4)
+
+
+def test_a_failed_background_send_is_raised(redis_client: redis.Redis) -> None:
+    redis_client.set("tailor:test:string", b"x")
+    writer = BatchWriter(redis_client)
+    writer.hset("tailor:test:string", {"field": b"v"})  # WRONGTYPE: the key holds a string
+    writer.send()  # returns at once; the error surfaces on the next wait
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        writer.flush()
+    writer.set("tailor:test:after", b"ok")
+    writer.flush()  # the writer stays usable; the error was reported once
+    assert redis_client.get("tailor:test:after") == b"ok"
 
 
 def _dead_pid() -> int:

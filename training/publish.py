@@ -29,16 +29,19 @@ the catalogue, verification failed); Redis errors propagate as ``redis.RedisErro
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 import polars as pl
@@ -69,6 +72,7 @@ if TYPE_CHECKING:
 
 COMMANDS_PER_PIPELINE: Final = 1000
 KEYS_PER_COMMAND: Final = 1000
+ROWS_PER_SEND: Final = 512  # user lists encoded between two sends: the next chunk is encoded while one is sent
 BYTES_PER_PIPELINE: Final = 8 << 20  # bounds client memory and the size of one Redis reply batch
 _PUBLISH_SOCKET_TIMEOUT_S: Final = 60.0  # a pipeline of 1000 large SETs can take far longer than a serving timeout
 LOCK_TTL_S: Final = 120
@@ -123,7 +127,12 @@ class PublishProgress:
 
 @dataclass(frozen=True)
 class PublishSummary:
-    """What a publish wrote. ``write_seconds`` counts encoding + Redis I/O only (no scoring)."""
+    """What a publish wrote.
+
+    ``write_seconds``: time pipelines took to execute in Redis (sent in the background, overlapping
+    encoding and scoring). ``user_write_seconds``: time the publish spent encoding user lists or
+    waiting for their sends, i.e. what writing the ``users`` lists added to the run beyond scoring.
+    """
 
     version: int
     users: int
@@ -141,7 +150,7 @@ class PublishSummary:
 
     @property
     def users_written_per_s(self) -> float:
-        """Users written per second of encoding + Redis I/O (scoring excluded)."""
+        """Users written per second of :attr:`user_write_seconds` (scoring excluded)."""
         return self.users / self.user_write_seconds if self.user_write_seconds > 0 else float("inf")
 
 
@@ -393,20 +402,26 @@ def item_metadata(catalogue: pl.DataFrame) -> dict[str, ItemMeta]:
 
 # --- writing ----------------------------------------------------------------------------------------------
 class BatchWriter:
-    """Buffers writes and sends them in non-transactional pipelines.
+    """Buffers writes and sends them in non-transactional pipelines, one pipeline at a time in the background.
 
     String keys are grouped into ``MSET`` commands of ``KEYS_PER_COMMAND`` keys (one command instead
     of a thousand SETs: far less client-side packing and reply parsing); hashes into ``HSET``s of as
-    many fields. A pipeline is sent once it holds ``COMMANDS_PER_PIPELINE`` commands or
+    many fields. :meth:`send` hands the buffered pipeline to a thread and returns, so the caller
+    encodes (or scores) the next batch while this one travels (redis-py releases the GIL on socket
+    I/O); at most one pipeline is in flight, so client memory stays bounded. :meth:`flush` sends and
+    waits. A pipeline is also sent once it holds ``COMMANDS_PER_PIPELINE`` commands or
     ``BYTES_PER_PIPELINE`` bytes. ``keys``/``bytes`` count what was written, ``seconds`` the time
-    spent sending.
+    pipelines took to execute (in the background, so it may overlap the caller's work).
     """
 
     def __init__(self, client: redis.Redis) -> None:
+        self._client = client
         self._pipe = client.pipeline(transaction=False)
         self._pairs: dict[str, bytes] = {}
         self._commands = 0
         self._buffered = 0
+        self._sending: threading.Thread | None = None
+        self._error: Exception | None = None
         self.keys = 0
         self.bytes = 0
         self.seconds = 0.0
@@ -427,15 +442,50 @@ class BatchWriter:
             self._queued(sum(len(k) + len(v) for k, v in chunk.items()))
         self.keys += 1
 
-    def flush(self) -> None:
-        """Send everything buffered; any failed command raises (nothing is silently dropped)."""
+    def send(self) -> None:
+        """Start sending everything buffered in the background (after the previous send completed).
+
+        An error of the previous send is raised here (or by :meth:`wait`/:meth:`flush`).
+        """
         self._queue_mset()
-        if self._commands:
-            started = time.perf_counter()
-            self._pipe.execute(raise_on_error=True)
-            self.seconds += time.perf_counter() - started
-            self.bytes += self._buffered
-            self._commands = self._buffered = 0
+        if not self._commands:
+            return
+        self.wait()
+        pipe, size = self._pipe, self._buffered
+        self._pipe = self._client.pipeline(transaction=False)
+        self._commands = self._buffered = 0
+        self._sending = threading.Thread(target=self._execute, args=(pipe, size), name="tailor-publish-send")
+        self._sending.start()
+
+    def wait(self) -> None:
+        """Wait for the send in flight; raise its error, if any (nothing is silently dropped)."""
+        if self._sending is not None:
+            self._sending.join()
+            self._sending = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def flush(self) -> None:
+        """Send everything buffered and wait until Redis has acknowledged it; any failed command raises."""
+        self.send()
+        self.wait()
+
+    def close(self) -> None:
+        """Wait for a send still in flight, discarding its error: for exits on another exception."""
+        with contextlib.suppress(Exception):
+            self.wait()
+
+    def _execute(self, pipe: Any, size: int) -> None:
+        """Runs in the sending thread; the error is kept for :meth:`wait` to raise in the caller's thread."""
+        started = time.perf_counter()
+        try:
+            pipe.execute(raise_on_error=True)
+        except Exception as exc:  # re-raised by wait(), with its traceback
+            self._error = exc
+            return
+        self.seconds += time.perf_counter() - started
+        self.bytes += size
 
     def _queue_mset(self) -> None:
         if self._pairs:
@@ -447,7 +497,7 @@ class BatchWriter:
         self._commands += 1
         self._buffered += size
         if self._commands >= COMMANDS_PER_PIPELINE or self._buffered >= BYTES_PER_PIPELINE:
-            self.flush()
+            self.send()
 
 
 @dataclass
@@ -484,12 +534,15 @@ class _Job:
         if not in_catalogue.any():
             raise PublishError(f"none of the model's {len(self.model.items)} items is in the catalogue")
         self.version = self._start_version()
-        with self.progress:
-            self._write_meta(meta)
-            self._write_fallbacks(fallback_lists(events, catalogue, users, days=fallback_days, size=fallback_size))
-            n_users = self._write_users(events, users, exclude_types, in_catalogue)
-            n_items = self._write_similar(in_catalogue)
-            self._switch(n_users, len(meta))
+        try:
+            with self.progress:
+                self._write_meta(meta)
+                self._write_fallbacks(fallback_lists(events, catalogue, users, days=fallback_days, size=fallback_size))
+                n_users = self._write_users(events, users, exclude_types, in_catalogue)
+                n_items = self._write_similar(in_catalogue)
+                self._switch(n_users, len(meta))
+        finally:
+            self.writer.close()  # no send outlives the publish (and its lock), even on an error
         return PublishSummary(
             self.version, n_users, n_items, self.writer.keys, self.writer.bytes, 0.0, self.writer.seconds,
             self.user_write_seconds,
@@ -502,8 +555,8 @@ class _Job:
         return version
 
     def _batch_done(self, stage: str, task: Any, done: int, total: int) -> None:
-        """After each batch: flush, refresh the lock, show progress, run the callback."""
-        self.writer.flush()
+        """After each batch: send it (in the background), refresh the lock, show progress, run the callback."""
+        self.writer.send()
         self.lock.refresh()
         self.progress.update(task, completed=done)
         if self.callback is not None:
@@ -545,19 +598,28 @@ class _Job:
     def write_user_batch(
         self, recs: Recommendations, segments: dict[str, str], bought: Sequence[list[str]] | None = None
     ) -> None:
-        """Encode and write one batch of user lists, timing it apart from scoring."""
+        """Encode and write one batch of user lists, timing it apart from scoring.
+
+        The batch's last chunk is sent while the next batch is scored; waiting for a send counts as
+        writing time (in the next batch, or in :meth:`_write_segment_only_users`).
+        """
         started = time.perf_counter()
-        write_user_lists(self.writer, self.version, recs, segments, bought)
+        write_user_lists(self.writer, self.version, recs, segments, bought, wait=False)
         self.user_write_seconds += time.perf_counter() - started
 
     def _write_segment_only_users(self, segments: dict[str, str]) -> int:
-        """Users the model does not know but whose segment is known get an empty list with the segment."""
+        """Users the model does not know but whose segment is known get an empty list with the segment.
+
+        Timed with the user lists (and ends the user phase by waiting for every user key to be stored).
+        """
+        started = time.perf_counter()
         extra = [u for u in segments if self.model.users.index_of(u) is None]
         for user in extra:
             self.writer.set(
                 Keys.user(self.version, user), encode(UserRecs(items=[], scores=[], segment=segments[user]))
             )
         self.writer.flush()
+        self.user_write_seconds += time.perf_counter() - started
         return len(extra)
 
     def _write_similar(self, in_catalogue: npt.NDArray[np.bool_]) -> int:
@@ -567,10 +629,19 @@ class _Job:
         task = self.progress.add_task("similar items", total=len(items))
         for start in range(0, len(items), batch):
             recs = self.model.similar_items(items[start : start + batch], self.top_n + extra)
-            for item, similar, scores in _rows(recs, keep=items, limit=self.top_n):
-                self.writer.set(Keys.similar(self.version, item), encode(RecList(items=similar, scores=scores)))
+            self._write_similar_batch(recs, items)
             self._batch_done("similar", task, min(start + batch, len(items)), len(items))
         return len(items)
+
+    def _write_similar_batch(self, recs: Recommendations, catalogue_items: npt.NDArray[np.str_]) -> None:
+        """Each item's top-N similar items that are in the catalogue (others dropped, padding too)."""
+        valid = (recs.item_ids != "") & np.isin(recs.item_ids, catalogue_items)
+        valid &= np.cumsum(valid, axis=1) <= self.top_n
+        prefix = Keys.similar(self.version, "")  # the item id is the key's last part
+        lists = encode_lists(recs.item_ids, recs.scores, valid)
+        for item, (similar, scores) in zip(recs.query_ids.tolist(), lists, strict=True):
+            raw = cast(tuple[list[str], list[float]], (similar, scores))  # Raw lists: see _user_payload
+            self.writer.set(prefix + item, encode(RecList(items=raw[0], scores=raw[1])))
 
     def _switch(self, n_users: int, n_items: int) -> None:
         active = ActiveVersion(
@@ -605,18 +676,165 @@ def write_user_lists(
     recs: Recommendations,
     segments: dict[str, str] | None = None,
     bought: Sequence[list[str]] | None = None,
+    *,
+    wait: bool = True,
 ) -> None:
-    """Encode one :class:`UserRecs` per row of ``recs`` and write them under ``version`` (then flush).
+    """Encode one :class:`UserRecs` per row of ``recs`` and write them under ``version``.
+
+    Rows are encoded ``ROWS_PER_SEND`` at a time, each chunk sent in the background while the next
+    is encoded. With ``wait`` (the default) everything is acknowledged by Redis on return; without,
+    the last chunk may still be in flight (:meth:`BatchWriter.flush` waits for it).
 
     Public so a benchmark can time writing alone: build ``recs`` with numpy, pass a fresh
     :class:`BatchWriter`, read its ``keys``/``bytes``/``seconds``.
     """
     segments = segments or {}
-    for row, (user, items, scores) in enumerate(_rows(recs)):
-        past = bought[row] if bought else []
-        payload = UserRecs(items=items, scores=scores, segment=segments.get(user), bought=past)
-        writer.set(Keys.user(version, user), encode(payload))
-    writer.flush()
+    prefix = Keys.user(version, "")  # the user id is the key's last part: prefix + id == Keys.user(version, id)
+    for start in range(0, len(recs.query_ids), ROWS_PER_SEND):
+        rows = slice(start, start + ROWS_PER_SEND)
+        lists = encode_lists(recs.item_ids[rows], recs.scores[rows], recs.item_ids[rows] != "")
+        for row, (user, (items, scores)) in enumerate(zip(recs.query_ids[rows].tolist(), lists, strict=True)):
+            past = bought[start + row] if bought else []
+            writer.set(prefix + user, _user_payload(items, scores, segments.get(user), past))
+        writer.send()
+    if wait:
+        writer.flush()
+
+
+def _user_payload(items: msgspec.Raw, scores: msgspec.Raw, segment: str | None, bought: list[str]) -> bytes:
+    """A :class:`UserRecs` payload whose two lists are already msgpack.
+
+    The Struct itself is encoded (msgspec writes ``Raw`` values verbatim and does not check field
+    types when encoding), so field names, order and omitted defaults stay exactly the contract's.
+    """
+    lists = cast(tuple[list[str], list[float]], (items, scores))
+    return encode(UserRecs(items=lists[0], scores=lists[1], segment=segment, bought=bought))
+
+
+# --- list encoding ----------------------------------------------------------------------------------------
+# Every user and item gets a list of ~100 ids and scores. Turning each into Python str/float objects
+# for msgspec costs ~10 us per list; instead the msgpack bytes of a whole batch are built with numpy
+# (the ids straight from the code points of the fixed-width unicode array) and handed to msgspec as
+# ``msgspec.Raw``. The bytes are exactly what msgspec writes for the same lists (tests compare them).
+_FLOAT64: Final = np.dtype([("tag", "u1"), ("value", ">f8")])  # msgpack float 64: 0xcb + big-endian double
+_FLOAT64_TAG: Final = 0xCB
+_STR_TAGS: Final = np.array([0, 0xD9, 0xDA, 0xDB], dtype=np.uint32)  # str 8/16/32 (fixstr is 0xa0 | size)
+_MASK_TABLE_MAX: Final = 256  # widest ids (code points) served from a cached (width+1)×width mask table
+_STR_HEADER_SIZES: Final = np.array([1, 2, 3, 5], dtype=np.int64)
+_UTF8_LEAD: Final = np.array([0, 0, 0xC0, 0xE0, 0xF0], dtype=np.uint32)  # by number of bytes per code point
+
+
+def encode_lists(
+    item_ids: npt.NDArray[np.str_], scores: npt.NDArray[np.floating[Any]], valid: npt.NDArray[np.bool_]
+) -> list[tuple[msgspec.Raw, msgspec.Raw]]:
+    """Per row, msgpack arrays of its ``valid`` item ids and :func:`significant` scores, in column order.
+
+    Equal to ``msgspec.msgpack.encode(list)`` of the same row's ``str``/``float`` values.
+    """
+    counts = valid.sum(axis=1)
+    heads = [_array_header(count) for count in counts.tolist()]
+    item_blob, item_sizes = msgpack_strings(item_ids[valid])
+    row_bytes = np.bincount(np.repeat(np.arange(len(counts)), counts), weights=item_sizes, minlength=len(counts))
+    score_blob = _msgpack_floats(significant(scores)[valid])
+    return [
+        (msgspec.Raw(head + item_blob[i_start:i_end]), msgspec.Raw(head + score_blob[s_start:s_end]))
+        for head, i_start, i_end, s_start, s_end in zip(
+            heads, *_bounds(row_bytes.astype(np.int64)), *_bounds(counts * _FLOAT64.itemsize), strict=True
+        )
+    ]
+
+
+def msgpack_strings(ids: npt.NDArray[np.str_]) -> tuple[bytes, npt.NDArray[np.int64]]:
+    """The msgpack encodings of the 1-D ``ids``, concatenated, and the byte size of each.
+
+    Raises ValueError for lone surrogates (not valid UTF-8; msgspec refuses them too).
+    """
+    fixed = np.ascontiguousarray(ids, dtype=np.str_)
+    if fixed.dtype.itemsize == 0:  # "<U0": only empty strings
+        fixed = fixed.astype("<U1")
+    codes = fixed.view(np.uint32).reshape(len(fixed), fixed.dtype.itemsize // 4)
+    chars = np.strings.str_len(fixed).astype(np.int64)  # numpy pads with NULs; str_len knows the real length
+    inside = _inside(chars, codes.shape[1])  # N×W: the code points that belong to each id
+    utf8, keep = _utf8(codes, inside)
+    sizes = chars if utf8.shape[1] == codes.shape[1] else np.count_nonzero(keep, axis=1)  # ASCII: 1 byte/char
+    header, header_keep, header_sizes = _str_headers(sizes)
+    data = np.concatenate([header, utf8], axis=1)
+    mask = np.concatenate([header_keep, keep], axis=1)
+    blob = data.tobytes() if mask.all() else data.ravel().take(np.flatnonzero(mask)).tobytes()
+    return blob, header_sizes + sizes
+
+
+def _inside(chars: npt.NDArray[np.int64], width: int) -> npt.NDArray[np.bool_]:
+    """N×``width`` mask: the first ``chars[i]`` positions of row i."""
+    if width > _MASK_TABLE_MAX:
+        return np.arange(width) < chars[:, None]
+    return np.take(_prefix_masks(width), chars, axis=0)  # for narrow rows, far faster than broadcasting
+
+
+@functools.cache
+def _prefix_masks(width: int) -> npt.NDArray[np.bool_]:
+    """Row ``n``: the first ``n`` of ``width`` positions set."""
+    return np.arange(width + 1)[:, None] > np.arange(width)
+
+
+def _utf8(
+    codes: npt.NDArray[np.uint32], keep: npt.NDArray[np.bool_]
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]:
+    """UTF-8 of an N×W code point matrix as N×(W·B) bytes (B bytes per code point) and the mask of real bytes."""
+    top = int(codes.max(initial=0))
+    if top >= 0xD800 and bool((((codes >= 0xD800) & (codes < 0xE000)) | (codes > 0x10FFFF)).any()):
+        raise ValueError("item id holds a lone surrogate or an invalid code point: it has no UTF-8 encoding")
+    if top < 0x80:  # ASCII, the common case: one byte per code point
+        return codes.astype(np.uint8), keep
+    width = 1 + (codes >= 0x80).astype(np.int64) + (codes >= 0x800) + (codes >= 0x10000)
+    slot = np.arange(int(width.max()))  # byte position within a code point
+    shift = np.maximum(6 * (width[..., None] - 1 - slot), 0)
+    lead = _UTF8_LEAD[width] | (codes >> (6 * (width - 1)).astype(np.uint32))
+    tail = 0x80 | ((codes[..., None] >> shift.astype(np.uint32)) & 0x3F)
+    data = np.where(slot == 0, lead[..., None], tail).astype(np.uint8)
+    mask = keep[..., None] & (slot < width[..., None])
+    return data.reshape(len(codes), -1), mask.reshape(len(codes), -1)
+
+
+def _str_headers(
+    sizes: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+    """msgpack str headers for UTF-8 ``sizes``: N×5 bytes (tag, 4-byte big-endian size), mask, header sizes.
+
+    Only the tag column when every id is shorter than 32 bytes (fixstr), the usual case.
+    """
+    if int(sizes.max(initial=0)) < 32:
+        return (0xA0 | sizes).astype(np.uint8)[:, None], np.ones((len(sizes), 1), dtype=bool), np.ones_like(sizes)
+    kind = (sizes >= 32).astype(np.int64) + (sizes >= 256) + (sizes >= 1 << 16)  # fixstr, str8, str16, str32
+    tag = np.where(kind == 0, 0xA0 | sizes, _STR_TAGS[kind])
+    big_endian = sizes.astype(">u4").view(np.uint8).reshape(-1, 4)
+    header = np.concatenate([tag.astype(np.uint8)[:, None], big_endian], axis=1)
+    keep = np.stack([kind >= 0, kind >= 3, kind >= 3, kind >= 2, kind >= 1], axis=1)
+    return header, keep, _STR_HEADER_SIZES[kind]
+
+
+def _msgpack_floats(values: npt.NDArray[np.float64]) -> bytes:
+    """msgpack float 64 encodings of ``values``, concatenated (msgspec writes every float this way)."""
+    packed = np.empty(len(values), dtype=_FLOAT64)
+    packed["tag"] = _FLOAT64_TAG
+    packed["value"] = values
+    return packed.tobytes()
+
+
+@functools.cache
+def _array_header(count: int) -> bytes:
+    """msgpack array header for ``count`` elements."""
+    if count < 16:
+        return bytes([0x90 | count])
+    if count < 1 << 16:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
+def _bounds(sizes: npt.NDArray[np.int64]) -> tuple[list[int], list[int]]:
+    """(starts, ends) of consecutive pieces of ``sizes`` bytes, as Python ints for slicing."""
+    ends = np.cumsum(sizes)
+    return (ends - sizes).tolist(), ends.tolist()
 
 
 def switch_active(client: redis.Redis, active: ActiveVersion, now: datetime) -> None:
@@ -641,23 +859,6 @@ def switch_active(client: redis.Redis, active: ActiveVersion, now: datetime) -> 
         )
     except redis.ResponseError as exc:
         raise PublishError(f"cannot switch to version {active.version}: {exc}") from exc
-
-
-def _rows(
-    recs: Recommendations, *, keep: npt.NDArray[np.str_] | None = None, limit: int | None = None
-) -> Iterator[tuple[str, list[str], list[float]]]:
-    """(query id, item ids, scores) per row without padding; ``keep`` drops items not in it."""
-    valid = recs.item_ids != ""
-    if keep is not None:
-        valid &= np.isin(recs.item_ids, keep)
-    full = valid.all(axis=1).tolist()  # the common case, decided for the whole batch at once
-    items, scores = recs.item_ids.tolist(), significant(recs.scores).tolist()
-    for row, query in enumerate(recs.query_ids.tolist()):
-        if full[row]:
-            yield query, items[row][:limit], scores[row][:limit]
-        else:
-            cols = np.flatnonzero(valid[row])[:limit].tolist()
-            yield query, [items[row][c] for c in cols], [scores[row][c] for c in cols]
 
 
 def _bought_lists(exclude: sp.csr_matrix | None, items: npt.NDArray[np.str_]) -> list[list[str]] | None:
