@@ -38,10 +38,11 @@ def make_store(n_events: int, out: str) -> dict[str, Any]:
     config = SynthConfig.for_events(n_events, seed=0)
     stored = Path(out) / "config.json"
     present = stored.exists() and (Path(out) / "events.parquet").exists()
-    if present and SynthConfig.model_validate_json(stored.read_text()) == config:
-        return {"generated": False}
-    write_store(generate_store(config), Path(out))
-    return {"generated": True}
+    reuse = present and SynthConfig.model_validate_json(stored.read_text()) == config
+    if not reuse:
+        write_store(generate_store(config), Path(out))
+    size_mb = (Path(out) / "events.parquet").stat().st_size / 1e6
+    return {"generated": not reuse, "users": config.users, "items": config.items, "days": config.days, "mb": size_mb}
 
 
 def tailor_step(path: str) -> dict[str, Any]:
@@ -146,11 +147,11 @@ def _same_matrix(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def _synthetic_section(ctx: Ctx) -> str:
     sizes = QUICK_SIZES if ctx.quick else SIZES
-    rows, phases, verdicts = [], [], []
+    rows, phases, verdicts, stores = [], [], [], []
     for n in sizes:
         folder = ctx.work / f"synth-{n}"
         ctx.log(f"synthetic store for {n:,} events → {folder}")
-        ctx.measure("benchmarks.bench_data:make_store", n_events=n, out=str(folder))
+        store = ctx.measure("benchmarks.bench_data:make_store", n_events=n, out=str(folder)).result
         path = str(folder / "events.parquet")
         ctx.log(f"Parquet → CSR, {n:,} target events")
         tailor, ref = _compare(ctx, path)
@@ -162,6 +163,10 @@ def _synthetic_section(ctx: Ctx) -> str:
         rows.append([events, "pandas", ref.wall_s, p_rate, ref.cpu_s, ref.peak_rss_mb, "", ""])
         memory = tailor.peak_rss_mb / ref.peak_rss_mb
         rows.append([events, "**Tailor/pandas**", ref.wall_s / tailor.wall_s, t_rate / p_rate, "", memory, "", ""])
+        stores.append(
+            f"{events:,} events: `SynthConfig.for_events({n:_}, seed=0)` = {store['users']:,} shoppers, "
+            f"{store['items']:,} items, {store['days']} days; `events.parquet` {store['mb']:.0f} MB."
+        )
         phases.append(_phase_row(events, "Tailor", tailor))
         phases.append(_phase_row(events, "pandas", ref))
         if n == max(sizes):
@@ -170,10 +175,12 @@ def _synthetic_section(ctx: Ctx) -> str:
     return "\n\n".join(
         [
             "### Synthetic store: Parquet → validated events → CSR",
+            "\n".join(f"- {line}" for line in stores),
             table(headers, rows, align="rlrrrrrl"),
             "In the ratio row, *wall s* is the speed-up (pandas time / Tailor time), *events/s* the same "
             "ratio of rates and *peak RSS MB* Tailor's memory as a fraction of pandas'. "
-            "CPU s above wall s means several cores were used.",
+            "CPU s above wall s means several cores were used; wall s above CPU s means the process "
+            "waited (other jobs on the machine: see the load average in the header).",
             "Per-phase wall seconds and CPU seconds (best run):",
             table(["events", "implementation", "phases"], phases, align="rll"),
             *verdicts,
