@@ -26,7 +26,7 @@ from typing import Final
 from prometheus_client import Counter
 
 from service import ranking
-from service.contract import ActiveVersion, ItemMeta, Keys, RecList, UserRecs, decode
+from service.contract import ActiveVersion, ItemMeta, Keys, RecList
 from service.errors import InvalidInputError, NotFoundError, NotPublishedError, StoreUnavailableError, UnavailableError
 from service.metrics import Metrics
 from service.ranking import Candidate, Chosen
@@ -133,20 +133,14 @@ class Engine:
     async def _recommend(self, query: Query) -> RecommendationsOut:
         active, state = await self._user_state(query.user_id)
         self.cache.observe(active)
-        v = active.version
-        user = decode(state.user, UserRecs, where=Keys.user(v, query.user_id)) if state.user is not None else None
-        seeds = [item.decode() for item in state.recent[:MAX_SEEDS]]
-        similar = [
-            decode(raw, RecList, where=Keys.similar(v, seed)) if raw is not None else None
-            for seed, raw in zip(seeds, state.similar, strict=True)
-        ]
+        user = state.user
         streams = [
             ranking.from_list(user, ranking.PERSONALIZED, Source.PERSONALIZED),
-            ranking.because_you_viewed(seeds, similar),
+            ranking.because_you_viewed(state.recent[:MAX_SEEDS], state.similar),
             *await self._fallback_streams(active, query.category, user.segment if user else None),
         ]
-        blocked = {*query.exclude, *(item.decode() for item in state.bought), *(user.bought if user else ())}
-        chosen = await self._first_available(v, ranking.unique_allowed(streams, blocked), query.k)
+        blocked = {*query.exclude, *state.bought, *(user.bought if user else ())}
+        chosen = await self._first_available(active.version, ranking.unique_allowed(streams, blocked), query.k)
         return _response(query, chosen, active, degraded=False)
 
     async def _user_state(self, user_id: str) -> tuple[ActiveVersion, UserState]:

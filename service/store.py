@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -30,9 +30,11 @@ from service.contract import (
     RECENT_MAX,
     SCHEMA_VERSION,
     ActiveVersion,
+    ContractError,
     ItemMeta,
     Keys,
     RecList,
+    UserRecs,
     decode,
 )
 from service.errors import StoreUnavailableError, UnavailableError
@@ -43,38 +45,58 @@ MAX_SEEDS: Final = 5
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 _RECENT_TYPES = frozenset({EventType.VIEW, EventType.ADD_TO_CART})
 
-USER_STATE_LUA: Final = """
+USER_STATE_LUA: Final = r"""
 -- ARGV: active key; user, similar, recent, bought key prefixes; recent max; seeds; then user ids.
 -- Keys are derived here (standalone Redis allows it) so the version read and the payloads are one snapshot.
-local out = {redis.call('GET', ARGV[1])}
+-- The reply is ONE msgpack document (payloads embedded as they are): [active, [[user, recent, bought, similar]...]],
+-- decoded in one typed msgspec call instead of a nested Redis reply parsed element by element.
+local function head(n, fix, b16, b32)
+  if n < 16 and fix then return string.char(fix + n) end
+  if n < 65536 then return string.char(b16, math.floor(n / 256), n % 256) end
+  return string.char(b32, math.floor(n / 16777216), math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
+end
+local function strs(list, out)
+  out[#out + 1] = head(#list, 0x90, 0xdc, 0xdd)
+  for _, s in ipairs(list) do
+    out[#out + 1] = (#s < 32 and string.char(0xa0 + #s) or head(#s, nil, 0xda, 0xdb)) .. s
+  end
+end
+local nil_ = string.char(0xc0)
+local out = {string.char(0x92), redis.call('GET', ARGV[1]) or nil_, head(#ARGV - 7, 0x90, 0xdc, 0xdd)}
 local last, seeds = tonumber(ARGV[6]) - 1, tonumber(ARGV[7])
 for i = 8, #ARGV do
   local id = ARGV[i]
   local recent = redis.call('LRANGE', ARGV[4] .. id, 0, last)
-  local similar = {}
-  for j = 1, math.min(#recent, seeds) do
-    similar[j] = redis.call('GET', ARGV[3] .. recent[j])
+  out[#out + 1] = string.char(0x94)
+  out[#out + 1] = redis.call('GET', ARGV[2] .. id) or nil_
+  strs(recent, out)
+  strs(redis.call('SMEMBERS', ARGV[5] .. id), out)
+  local n = math.min(#recent, seeds)
+  out[#out + 1] = head(n, 0x90, 0xdc, 0xdd)
+  for j = 1, n do
+    out[#out + 1] = redis.call('GET', ARGV[3] .. recent[j]) or nil_
   end
-  out[#out + 1] = {redis.call('GET', ARGV[2] .. id), recent, redis.call('SMEMBERS', ARGV[5] .. id), similar}
 end
-return out
+return table.concat(out)
 """
-"""One read for a batch of users: ``[active, [user payload, recent, bought, similar lists], ...]``."""
+"""One read for a batch of users, as one msgpack document ``[active, [UserState, ...]]``."""
 
 
-@dataclass(frozen=True, slots=True)
-class UserState:
-    """What one recommendation needs from Redis besides cached lists, as raw payloads of one version.
+class UserState(msgspec.Struct, frozen=True, array_like=True):
+    """What one recommendation needs from Redis besides the per-version cached lists, all of one version.
 
-    ``similar`` holds the similar-items lists of the first :data:`MAX_SEEDS` recent items (None where absent).
+    ``user``: the published payload (None: not published); ``recent``: recently viewed/carted items,
+    newest first; ``bought``: items bought since publish; ``similar``: the similar-items lists of the
+    first :data:`MAX_SEEDS` recent items (None where absent).
     """
 
-    user: bytes | None
-    recent: list[bytes]
-    bought: list[bytes]
-    similar: list[bytes | None]
+    user: UserRecs | None
+    recent: list[str]
+    bought: list[str]
+    similar: list[RecList | None]
 
 
+_READ: Final = msgspec.msgpack.Decoder(tuple[ActiveVersion | None, list[UserState]])
 _Batch = list[tuple[str, "asyncio.Future[tuple[ActiveVersion | None, UserState]]"]]
 _Pending = dict[int, _Batch]
 
@@ -97,7 +119,6 @@ class Store:
         self._pending: _Pending = {}
         self._batches: set[asyncio.Task[None]] = set()  # script calls under way
         self._flush_scheduled = False
-        self._active_seen: tuple[bytes | str, ActiveVersion] | None = None
 
     async def ping(self) -> None:
         with unreachable_as_unavailable():
@@ -106,7 +127,7 @@ class Store:
     async def active(self) -> ActiveVersion | None:
         with unreachable_as_unavailable():
             raw = await self.client.get(Keys.ACTIVE)
-        return self._active(raw)
+        return _active(raw)
 
     async def user_state(self, user_id: str, version: int) -> tuple[ActiveVersion | None, UserState]:
         """The active version and ``user_id``'s state read in ``version`` (valid only if that is the active one).
@@ -156,18 +177,13 @@ class Store:
             RECENT_MAX, MAX_SEEDS, *user_ids,
         )  # fmt: skip
         with unreachable_as_unavailable():
-            raw_active, *rows = await self._script(args=args)
-        return self._active(raw_active), [UserState(*row) for row in rows]
-
-    def _active(self, raw: bytes | str | None) -> ActiveVersion | None:
-        """Decode the active record, or reuse the last decoding when the bytes are the same."""
-        seen = self._active_seen
-        if seen is not None and raw == seen[0]:
-            return seen[1]
-        active = _active(raw)
-        if raw is not None and active is not None:
-            self._active_seen = (raw, active)
-        return active
+            raw = await self._script(args=args)
+        try:
+            active, states = _READ.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            where = f"{Keys.ACTIVE} or a payload of version {version} for users {list(user_ids)[:5]}"
+            raise ContractError(f"cannot decode {where}: {exc}") from exc
+        return _readable(active), states
 
     async def rec_lists(self, keys: Sequence[str]) -> list[RecList | None]:
         """Several ranked lists (fallback or similar-items lists) by key; None where absent."""
@@ -246,9 +262,13 @@ def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
 
 def _active(raw: bytes | str | None) -> ActiveVersion | None:
     """The active record, refusing versions written with a payload schema this service cannot read."""
-    if raw is None:
+    return _readable(decode(raw, ActiveVersion, where=Keys.ACTIVE) if raw is not None else None)
+
+
+def _readable(active: ActiveVersion | None) -> ActiveVersion | None:
+    """``active``, unless it was written with a payload schema this service cannot read (UnavailableError)."""
+    if active is None:
         return None
-    active = decode(raw, ActiveVersion, where=Keys.ACTIVE)
     if active.schema != SCHEMA_VERSION:
         raise UnavailableError(
             f"version {active.version} was published with payload schema {active.schema}; "

@@ -271,6 +271,31 @@ def test_a_reader_that_read_the_old_active_version_still_gets_it_whole(
     assert [i.item_id for i in out.items] == ["C", "B", "D", "E"]
 
 
+def test_the_user_state_script_carries_long_ids_and_long_lists(
+    published: PublishSummary, redis_client: redis.Redis, redis_url: str
+) -> None:
+    """The script builds msgpack by hand: ids of 31/32/128 characters and lists past 15 and 255 entries."""
+    recent = [f"r{i:02d}" + "x" * n for i, n in enumerate([0, 28, 29, 124, *range(16)])]  # 20 = RECENT_MAX
+    bought = {f"b{i:03d}" for i in range(300)} | {"y" * 128}
+    redis_client.rpush(Keys.recent("long"), *recent)
+    redis_client.sadd(Keys.bought("long"), *bought)
+    redis_client.rpush(Keys.recent("u1"), "A", "zz")
+
+    async def read() -> Any:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            return await Store(client).read_users(1, ["long", "nobody", "u1"])
+        finally:
+            await client.aclose()
+
+    active, (long, nobody, u1) = asyncio.run(read())
+    assert active.version == 1
+    assert (long.user, long.recent, set(long.bought), long.similar) == (None, recent, bought, [None] * 5)
+    assert (nobody.user, nobody.recent, nobody.bought, nobody.similar) == (None, [], [], [])
+    assert u1.user == decode(redis_client.get(Keys.user(1, "u1")) or b"", UserRecs)
+    assert u1.similar == [decode(redis_client.get(Keys.similar(1, "A")) or b"", RecList), None]  # zz: no list
+
+
 def test_a_payload_schema_the_service_cannot_read_is_refused(
     client: TestClient[Any], redis_client: redis.Redis
 ) -> None:
