@@ -17,10 +17,9 @@ startup and refreshed whenever a request sees a new active version.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import chain, islice
 from typing import Final
 
 from prometheus_client import Counter
@@ -29,7 +28,7 @@ from service import ranking
 from service.contract import ActiveVersion, ItemMeta, Keys, RecList
 from service.errors import InvalidInputError, NotFoundError, NotPublishedError, StoreUnavailableError, UnavailableError
 from service.metrics import Metrics
-from service.ranking import Candidate, Chosen
+from service.ranking import Chosen
 from service.schemas import (
     MAX_EXCLUDE,
     MAX_ID_LENGTH,
@@ -136,11 +135,12 @@ class Engine:
         user = state.user
         streams = [
             ranking.from_list(user, ranking.PERSONALIZED, Source.PERSONALIZED),
-            ranking.because_you_viewed(state.recent[:MAX_SEEDS], state.similar),
             *await self._fallback_streams(active, query.category, user.segment if user else None),
         ]
+        if state.recent:
+            streams.insert(1, ranking.because_you_viewed(state.recent[:MAX_SEEDS], state.similar))
         blocked = {*query.exclude, *state.bought, *(user.bought if user else ())}
-        chosen = await self._first_available(active.version, ranking.unique_allowed(streams, blocked), query.k)
+        chosen = await self._pick(active.version, streams, blocked, query.k)
         return _response(query, chosen, active, degraded=False)
 
     async def _user_state(self, user_id: str) -> tuple[ActiveVersion, UserState]:
@@ -157,7 +157,7 @@ class Engine:
 
     async def _fallback_streams(
         self, active: ActiveVersion, category: str | None, segment: str | None
-    ) -> list[Iterator[Candidate]]:
+    ) -> list[ranking.Stream]:
         """Requested category first (explicit context), then the user's segment, then global."""
         v = active.version
         chain: list[tuple[str, str, Source]] = []
@@ -179,30 +179,29 @@ class Engine:
                 self.cache.store(active, key, rec)
         return [found.get(key) for key in keys]
 
-    async def _first_available(self, version: int, candidates: Iterable[Candidate], k: int) -> list[Chosen]:
-        """The first ``k`` candidates that are available, with their category.
+    async def _pick(self, version: int, streams: list[ranking.Stream], blocked: set[str], k: int) -> list[Chosen]:
+        """The first ``k`` available candidates of ``streams`` (:func:`ranking.pick`).
 
         Item metadata is immutable within a version, so it is cached per version: each item is read
-        from Redis once (with the next candidates, in one HMGET), then only looked up in memory.
+        from Redis once (with the next unknown candidates, in one HMGET), then only looked up in memory.
         """
         meta = self.cache.meta if version == self.cache.version else {}  # {}: a request of an older version
-        chosen: list[Chosen] = []
-        pending: Iterator[Candidate] = iter(candidates)
-        while (unknown := ranking.take_available(pending, meta, k, chosen)) is not None:
-            ahead = [unknown, *islice(pending, max(2 * k, _META_CHUNK_MIN) - 1)]
-            meta.update(await self.store.item_meta(version, [c.item_id for c in ahead if c.item_id not in meta]))
-            pending = chain(ahead, pending)
-        return chosen
+        lookahead = max(2 * k, _META_CHUNK_MIN)
+        while True:
+            chosen, missing = ranking.pick(streams, blocked, meta, k, lookahead)
+            if not missing:
+                return chosen
+            meta.update(await self.store.item_meta(version, missing))
 
     def _degraded(self, query: Query) -> RecommendationsOut:
         """Redis is unreachable: the in-memory global list minus the caller's exclusions."""
         if self.cache.outage_copy is None:
             raise StoreUnavailableError("Redis is unreachable and no popular list is cached in memory yet")
         active, rec = self.cache.outage_copy
-        candidates = ranking.unique_allowed(
-            [ranking.from_list(rec, ranking.POPULAR, Source.POPULAR)], set(query.exclude)
+        chosen = ranking.first_allowed(
+            ranking.from_list(rec, ranking.POPULAR, Source.POPULAR), set(query.exclude), query.k
         )
-        return _response(query, [(c, None) for c in islice(candidates, query.k)], active, degraded=True)
+        return _response(query, chosen, active, degraded=True)
 
     # --- similar items, readiness, events -----------------------------------------------------------------
     async def similar(self, item_id: str, k: int) -> SimilarItemsOut:
@@ -211,11 +210,10 @@ class Engine:
         (rec,) = await self.store.rec_lists([Keys.similar(active.version, item_id)])
         if rec is None:
             raise NotFoundError(f"item {item_id!r} is not in published version {active.version}", field="item_id")
-        candidates = ranking.from_list(rec, "similar", Source.PERSONALIZED)
-        chosen = await self._first_available(active.version, candidates, k)
+        chosen = await self._pick(active.version, [ranking.from_list(rec, "similar", Source.PERSONALIZED)], set(), k)
         items = [
-            SimilarItem(item_id=c.item_id, rank=rank, score=c.score, category=category)
-            for rank, (c, category) in enumerate(chosen, start=1)
+            SimilarItem(item_id=c.item_id, rank=rank, score=c.score, category=c.category)
+            for rank, c in enumerate(chosen, start=1)
         ]
         return SimilarItemsOut(
             item_id=item_id, items=items, model_version=active.model_version, publish_version=active.version,
@@ -247,17 +245,15 @@ class Engine:
         return active
 
 
-def _response(
-    query: Query, chosen: list[tuple[Candidate, str | None]], active: ActiveVersion, *, degraded: bool
-) -> RecommendationsOut:
+def _response(query: Query, chosen: list[Chosen], active: ActiveVersion, *, degraded: bool) -> RecommendationsOut:
     items = [
-        RecommendedItem(item_id=c.item_id, rank=rank, score=c.score, reason=c.reason, category=category)
-        for rank, (c, category) in enumerate(chosen, start=1)
+        RecommendedItem(item_id=c.item_id, rank=rank, score=c.score, reason=c.reason, category=c.category)
+        for rank, c in enumerate(chosen, start=1)
     ]
     return RecommendationsOut(
         user_id=query.user_id,
         items=items,
-        source=chosen[0][0].source if chosen else Source.NONE,
+        source=chosen[0].source if chosen else Source.NONE,
         degraded=degraded,
         recommendation_id=uuid.uuid4().hex,
         model_name=active.model_name,
