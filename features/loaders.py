@@ -389,8 +389,10 @@ def _split(frame: pl.DataFrame, schema: pl.Schema) -> tuple[pl.DataFrame, pl.Dat
     originals = [pl.col(name).cast(pl.Utf8).alias(f"source_{name}" if name in taken else name) for name in schema]
     quarantine = [pl.col(_ROW).cast(pl.Int64).alias(ROW), pl.col(_REASON).alias(REASON), pl.col(_COLUMN).alias(COLUMN)]
     if frame[_REASON].null_count() == frame.height:
-        # All valid, the common case: no filter, so no copy of any column.
-        return frame.select(contract), frame.head(0).select(*quarantine, *originals)
+        # All valid, the common case: take the mapped Series as they are. A `select` would rechunk
+        # (copy) every column; building the frame from the Series copies nothing.
+        events = pl.DataFrame([frame[_TMP + c].alias(c) for c in EVENT_SCHEMA])
+        return events, frame.head(0).select(*quarantine, *originals)
     valid = frame[_REASON].is_null()
     return frame.filter(valid).select(contract), frame.filter(~valid).select(*quarantine, *originals)
 
