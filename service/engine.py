@@ -44,6 +44,8 @@ from service.schemas import (
 from service.store import MAX_SEEDS, Store, UserState
 
 _META_CHUNK_MIN: Final = 32
+_MAX_CHAINS: Final = 10_000
+"""Fallback chains cached per version (one per requested category × user segment seen)."""
 _READ_ATTEMPTS: Final = 3
 """Reads of one request when the active version keeps changing under it (two are enough in practice)."""
 
@@ -69,11 +71,13 @@ class Query:
 
 
 class VersionCache:
-    """Fallback lists of the active version, and the outage copy (last good active + global list)."""
+    """What never changes within the active version (fallback lists, their chains by (category, segment),
+    item metadata), and the outage copy (last good active + global list)."""
 
     def __init__(self) -> None:
         self.version: int | None = None
         self.lists: dict[str, RecList] = {}
+        self.chains: dict[tuple[str | None, str | None], list[ranking.Stream]] = {}
         self.meta: dict[str, ItemMeta | None] = {}
         self.outage_copy: tuple[ActiveVersion, RecList] | None = None
 
@@ -82,6 +86,7 @@ class VersionCache:
         if active.version != self.version:
             self.version = active.version
             self.lists = {}
+            self.chains = {}
             self.meta = {}
 
     def store(self, active: ActiveVersion, key: str, rec: RecList) -> None:
@@ -158,7 +163,22 @@ class Engine:
     async def _fallback_streams(
         self, active: ActiveVersion, category: str | None, segment: str | None
     ) -> list[ranking.Stream]:
-        """Requested category first (explicit context), then the user's segment, then global."""
+        """Requested category first (explicit context), then the user's segment, then global.
+
+        Cached per version by (category, segment), absent lists included (a version never changes);
+        at most :data:`_MAX_CHAINS` of them, as the category comes from the query string.
+        """
+        chains = self.cache.chains if active.version == self.cache.version else {}
+        streams = chains.get((category, segment))
+        if streams is None:
+            streams = await self._fallback_chain(active, category, segment)
+            if len(chains) < _MAX_CHAINS:
+                chains[category, segment] = streams
+        return streams
+
+    async def _fallback_chain(
+        self, active: ActiveVersion, category: str | None, segment: str | None
+    ) -> list[ranking.Stream]:
         v = active.version
         chain: list[tuple[str, str, Source]] = []
         if category:
