@@ -13,7 +13,6 @@ from importlib.metadata import PackageNotFoundError, version
 
 from litestar import Litestar
 from litestar.datastructures import State
-from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -33,7 +32,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
     metrics = Metrics()
     return Litestar(
         route_handlers=[*OPEN_HANDLERS, api_router()],
-        dependencies={"engine": Provide(_engine, sync_to_thread=False)},
         exception_handlers={Exception: problem_response},
         middleware=[MetricsMiddleware(metrics)],
         lifespan=[_redis_lifespan(settings)],
@@ -41,11 +39,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=_openapi(),
         debug=False,
     )
-
-
-def _engine(state: State) -> Engine:
-    engine: Engine = state.engine
-    return engine
 
 
 def _redis_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:

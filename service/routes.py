@@ -13,7 +13,6 @@ import msgspec
 from litestar import Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
-from litestar.di import NamedDependency
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
@@ -67,6 +66,14 @@ async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: Bas
         raise UnauthorizedError(f"unknown {API_KEY_HEADER}", field=API_KEY_HEADER)
 
 
+def _engine(state: State) -> Engine:
+    """The app's engine (set by the lifespan). Read from ``state`` rather than injected as a dependency:
+    Litestar resolves a dependency through its own signature model on every request (~10% of the
+    recommendations CPU)."""
+    engine: Engine = state.engine
+    return engine
+
+
 @get(
     "/users/{user_id:str}/recommendations",
     summary="Recommendations for a shopper",
@@ -74,7 +81,7 @@ async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: Bas
     tags=["recommendations"],
 )
 async def recommendations(
-    engine: NamedDependency[Engine],
+    state: State,
     user_id: Annotated[str, Parameter(min_length=1, max_length=MAX_ID_LENGTH, examples=[Example(value="17850")])],
     k: K = 10,
     category: Annotated[
@@ -93,7 +100,7 @@ async def recommendations(
     """Top-k items for the shopper: their precomputed list, items similar to what they just viewed, then
     popular items (requested category, their segment, global) to fill up to k. UnavailableError, excluded
     and purchased items are never returned."""
-    return await engine.recommend(Query.parse(user_id, k, category, exclude))
+    return await _engine(state).recommend(Query.parse(user_id, k, category, exclude))
 
 
 @get(
@@ -102,9 +109,9 @@ async def recommendations(
     responses={**_ERRORS, 404: _problem("The item is not in the published version")},
     tags=["recommendations"],
 )
-async def similar_items(engine: NamedDependency[Engine], item_id: PathId, k: K = 10) -> SimilarItemsOut:
+async def similar_items(state: State, item_id: PathId, k: K = 10) -> SimilarItemsOut:
     """The item's precomputed similar items that are available, best first."""
-    return await engine.similar(item_id, k)
+    return await _engine(state).similar(item_id, k)
 
 
 _SINGLE = {"user_id": "17850", "item_id": "85123A", "event_type": "view"}
@@ -118,7 +125,7 @@ _BATCH = {
 
 @post("/events", status_code=202, summary="Record shopper events", responses=_ERRORS, tags=["events"])
 async def post_events(
-    engine: NamedDependency[Engine],
+    state: State,
     data: Annotated[
         dict[str, Any] | None,
         Body(
@@ -134,7 +141,7 @@ async def post_events(
     """Append events to the event stream and update the shopper's real-time state before answering 202.
     A purchase removes the item from the shopper's next recommendations; views of a new shopper make
     their next recommendations personal. 503 when Redis is unreachable (nothing is stored)."""
-    return await engine.record(parse_events(data))
+    return await _engine(state).record(parse_events(data))
 
 
 def parse_events(data: dict[str, Any] | None) -> list[EventIn]:
@@ -155,8 +162,8 @@ async def health() -> Health:
 
 
 @get("/ready", summary="Readiness: Redis reachable and a version published", responses=_ERRORS, tags=["operations"])
-async def ready(engine: NamedDependency[Engine]) -> Ready:
-    return await engine.ready()
+async def ready(state: State) -> Ready:
+    return await _engine(state).ready()
 
 
 @get("/metrics", include_in_schema=False, media_type=CONTENT_TYPE)
