@@ -89,6 +89,13 @@ def publish(
         float, typer.Option("--fallback-days", min=0.01, help="Window of the popular lists, in days")
     ] = 30.0,
     batch_users: Annotated[int, typer.Option("--batch-users", min=1, help="Users scored per batch")] = 2048,
+    exclude_event_types: Annotated[
+        str,
+        typer.Option(
+            "--exclude-event-types",
+            help="Comma-separated event types whose items are excluded from a user's recommendations",
+        ),
+    ] = "purchase",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar")] = True,
 ) -> None:
     """Write a registered model's recommendations to Redis and make them the version the service serves."""
@@ -101,6 +108,7 @@ def publish(
         summary = publish_from_registry(
             uri, data, settings, mapping=_mapping(preset, mapping), catalogue_path=catalogue, users_path=users,
             top_n=top_n, fallback_days=fallback_days, batch_users=batch_users, progress=progress,
+            exclude_event_types=tuple(t.strip() for t in exclude_event_types.split(",") if t.strip()),
         )  # fmt: skip
     _print_summary(uri, summary)
 

@@ -209,6 +209,7 @@ def publish_from_registry(
     fallback_days: float = 30,
     batch_users: int = 2048,
     progress: bool = True,
+    exclude_event_types: tuple[str, ...] = ("purchase",),
 ) -> PublishSummary:
     """``tailor publish``: load the model behind ``model_uri`` and the store's data, then :func:`publish`.
 
@@ -233,7 +234,7 @@ def publish_from_registry(
         return publish(
             model, events=events, catalogue=catalogue, users=users, redis_client=client, info=info,
             top_n=top_n or settings.publish_top_n, fallback_days=fallback_days, batch_users=batch_users,
-            grace_s=settings.publish_grace_s, progress=progress,
+            grace_s=settings.publish_grace_s, progress=progress, exclude_event_types=exclude_event_types,
         )  # fmt: skip
     finally:
         client.close()
