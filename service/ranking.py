@@ -5,14 +5,14 @@ items similar to what they viewed recently, then the fallback lists (requested c
 segment, global). Streams are walked in order, duplicates and blocked items (the caller's exclusions,
 purchases) skipped, and the first ``k`` available items win (:func:`pick`).
 
-This runs on every request, so streams are the published lists themselves (no object per candidate)
-and :func:`pick` stops as soon as it has ``k`` items.
+This runs on every request, so streams wrap the published lists themselves, candidates are built
+lazily as plain tuples, and :func:`pick` stops as soon as it has ``k`` items.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from itertools import zip_longest
+from collections.abc import Iterator, Mapping, Sequence
+from itertools import repeat, zip_longest
 from typing import NamedTuple
 
 from service.contract import ItemMeta, RecList
@@ -25,12 +25,13 @@ _UNKNOWN = ItemMeta(available=False)
 
 
 class Stream(NamedTuple):
-    """Candidates of one step, best first; ``reasons`` is one reason for all of them, or one per item."""
+    """Candidates of one step, best first: the round-robin merge of ``lanes`` (one lane for a plain list),
+    each lane with its reason; items in ``skip`` are left out of this stream."""
 
-    items: Sequence[str]
-    scores: Sequence[float]
-    reasons: str | Sequence[str]
+    lanes: tuple[RecList, ...]
+    reasons: tuple[str, ...]
     source: Source
+    skip: frozenset[str] = frozenset()
 
 
 class Chosen(NamedTuple):
@@ -45,9 +46,7 @@ class Chosen(NamedTuple):
 
 def from_list(rec: RecList | None, reason: str, source: Source) -> Stream:
     """The stream of one ranked list (empty if the list does not exist)."""
-    if rec is None:
-        return Stream((), (), reason, source)
-    return Stream(rec.items, rec.scores, reason, source)
+    return Stream((rec,), (reason,), source) if rec is not None else Stream((), (), source)
 
 
 def because_you_viewed(seeds: Sequence[str], similar: Sequence[RecList | None]) -> Stream:
@@ -55,14 +54,19 @@ def because_you_viewed(seeds: Sequence[str], similar: Sequence[RecList | None]) 
 
     The seeds themselves are left out: "because you viewed X" never proposes X.
     """
-    rows = [
-        zip(rec.items, rec.scores, [f"because_you_viewed:{seed}"] * len(rec.items), strict=True)
-        for seed, rec in zip(seeds, similar, strict=True)
-        if rec is not None
+    lanes = [(rec, f"because_you_viewed:{seed}") for seed, rec in zip(seeds, similar, strict=True) if rec is not None]
+    return Stream(tuple(rec for rec, _ in lanes), tuple(r for _, r in lanes), Source.RECENT_VIEWS, frozenset(seeds))
+
+
+def candidates(stream: Stream) -> Iterator[tuple[str, float, str]]:
+    """``(item, score, reason)`` of a stream in order, built lazily (a request reads only a few)."""
+    lanes = [
+        zip(rec.items, rec.scores, repeat(reason)) for rec, reason in zip(stream.lanes, stream.reasons, strict=True)
     ]
-    seed_set = set(seeds)
-    merged = [c for row in zip_longest(*rows) for c in row if c is not None and c[0] not in seed_set]
-    return Stream([c[0] for c in merged], [c[1] for c in merged], [c[2] for c in merged], Source.RECENT_VIEWS)
+    if len(lanes) == 1 and not stream.skip:
+        return lanes[0]
+    merged = (c for row in zip_longest(*lanes) for c in row if c is not None)
+    return (c for c in merged if c[0] not in stream.skip) if stream.skip else merged
 
 
 def pick(
@@ -78,9 +82,8 @@ def pick(
     seen = set(blocked)
     chosen: list[Chosen] = []
     missing: list[str] = []
-    for items, scores, reasons, source in streams:
-        one_reason = reasons if isinstance(reasons, str) else None
-        for i, item in enumerate(items):
+    for stream in streams:
+        for item, score, reason in candidates(stream):
             if item in seen:
                 continue
             seen.add(item)
@@ -90,7 +93,7 @@ def pick(
                 if len(missing) >= lookahead:
                     return chosen, missing
             elif found is not None and found.available and not missing:
-                chosen.append(Chosen(item, scores[i], one_reason or reasons[i], source, found.category))
+                chosen.append(Chosen(item, score, reason, stream.source, found.category))
                 if len(chosen) >= k:
                     return chosen, []
     return chosen, missing
@@ -100,11 +103,12 @@ def first_allowed(stream: Stream, blocked: set[str], k: int) -> list[Chosen]:
     """The first ``k`` items of ``stream`` not blocked, each once, without metadata (the outage answer)."""
     seen = set(blocked)
     chosen: list[Chosen] = []
-    for i, item in enumerate(stream.items):
-        if item not in seen and len(chosen) < k:
+    for item, score, reason in candidates(stream):
+        if len(chosen) >= k:
+            break
+        if item not in seen:
             seen.add(item)
-            reason = stream.reasons if isinstance(stream.reasons, str) else stream.reasons[i]
-            chosen.append(Chosen(item, stream.scores[i], reason, stream.source, None))
+            chosen.append(Chosen(item, score, reason, stream.source, None))
     return chosen
 
 

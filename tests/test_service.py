@@ -26,7 +26,7 @@ from service.app import create_app
 from service.contract import ActiveVersion, ItemMeta, Keys, RecList, UserRecs, decode, encode
 from service.engine import Engine, Query, VersionCache
 from service.metrics import Metrics
-from service.ranking import Chosen, Stream, because_you_viewed, pick
+from service.ranking import Chosen, because_you_viewed, candidates, from_list, pick
 from service.schemas import MAX_BATCH, Source
 from service.store import Store
 from tests.conftest import TINY_SCORES, StaticConfig, StaticModel, TinyStore, free_port
@@ -461,17 +461,17 @@ def test_published_payloads_hold_external_ids_only(published: PublishSummary, re
 def test_because_you_viewed_interleaves_seeds_and_skips_them() -> None:
     similar = [RecList(items=["x", "a", "y"], scores=[3, 2, 1]), None, RecList(items=["z", "x"], scores=[5, 4])]
     merged = because_you_viewed(["a", "b", "c"], similar)
-    assert list(zip(merged.items, merged.reasons, strict=True)) == [
+    assert [(item, reason) for item, _, reason in candidates(merged)] == [
         ("x", "because_you_viewed:a"),
         ("z", "because_you_viewed:c"),
         ("x", "because_you_viewed:c"),
         ("y", "because_you_viewed:a"),
     ]  # fmt: skip  ("a" is a seed; the duplicate "x" is skipped later by ranking.pick)
-    assert list(merged.scores) == [3, 5, 4, 1]
+    assert [score for _, score, _ in candidates(merged)] == [3, 5, 4, 1]
 
 
 def test_pick_asks_for_unknown_metadata_before_going_past_it() -> None:
-    stream = Stream(["a", "b", "c", "d", "a"], [5, 4, 3, 2, 1], "r", Source.PERSONALIZED)
+    stream = from_list(RecList(items=["a", "b", "c", "d", "a"], scores=[5, 4, 3, 2, 1]), "r", Source.PERSONALIZED)
     meta: dict[str, ItemMeta | None] = {"a": ItemMeta(category="k"), "c": None}  # c: not in the catalogue
     assert pick([stream], {"b"}, {}, 3, lookahead=2) == ([], ["a", "c"])
     assert pick([stream], {"b"}, meta, 1, lookahead=2) == ([Chosen("a", 5, "r", Source.PERSONALIZED, "k")], [])
