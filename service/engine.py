@@ -232,8 +232,8 @@ class Engine:
             raise NotFoundError(f"item {item_id!r} is not in published version {active.version}", field="item_id")
         chosen = await self._pick(active.version, [ranking.from_list(rec, "similar", Source.PERSONALIZED)], set(), k)
         items = [
-            SimilarItem(item_id=c.item_id, rank=rank, score=c.score, category=c.category)
-            for rank, c in enumerate(chosen, start=1)
+            SimilarItem(item_id=other, rank=rank, score=score, category=category)
+            for rank, (other, score, _, _, category) in enumerate(chosen, start=1)
         ]
         return SimilarItemsOut(
             item_id=item_id, items=items, model_version=active.model_version, publish_version=active.version,
@@ -267,13 +267,13 @@ class Engine:
 
 def _response(query: Query, chosen: list[Chosen], active: ActiveVersion, *, degraded: bool) -> RecommendationsOut:
     items = [
-        RecommendedItem(item_id=c.item_id, rank=rank, score=c.score, reason=c.reason, category=c.category)
-        for rank, c in enumerate(chosen, start=1)
+        RecommendedItem(item_id=item_id, rank=rank, score=score, reason=reason, category=category)
+        for rank, (item_id, score, reason, _, category) in enumerate(chosen, start=1)
     ]
     return RecommendationsOut(
         user_id=query.user_id,
         items=items,
-        source=chosen[0].source if chosen else Source.NONE,
+        source=chosen[0][3] if chosen else Source.NONE,  # the step of the best item
         degraded=degraded,
         recommendation_id=uuid.uuid4().hex,
         model_name=active.model_name,

@@ -34,14 +34,9 @@ class Stream(NamedTuple):
     skip: frozenset[str] = frozenset()
 
 
-class Chosen(NamedTuple):
-    """An item picked for the response."""
-
-    item_id: str
-    score: float
-    reason: str
-    source: Source
-    category: str | None
+Chosen = tuple[str, float, str, Source, str | None]
+"""An item picked for the response: ``(item_id, score, reason, source, category)`` (a plain tuple: one
+is built per returned item on every request, and a NamedTuple's constructor is a Python function)."""
 
 
 def from_list(rec: RecList | None, reason: str, source: Source) -> Stream:
@@ -93,7 +88,7 @@ def pick(
                 if len(missing) >= lookahead:
                     return chosen, missing
             elif found is not None and found.available and not missing:
-                chosen.append(Chosen(item, score, reason, stream.source, found.category))
+                chosen.append((item, score, reason, stream.source, found.category))
                 if len(chosen) >= k:
                     return chosen, []
     return chosen, missing
@@ -108,7 +103,7 @@ def first_allowed(stream: Stream, blocked: set[str], k: int) -> list[Chosen]:
             break
         if item not in seen:
             seen.add(item)
-            chosen.append(Chosen(item, score, reason, stream.source, None))
+            chosen.append((item, score, reason, stream.source, None))
     return chosen
 
 

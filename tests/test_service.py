@@ -26,7 +26,7 @@ from service.app import create_app
 from service.contract import ActiveVersion, ItemMeta, Keys, RecList, UserRecs, decode, encode
 from service.engine import Engine, Query, VersionCache
 from service.metrics import Metrics
-from service.ranking import Chosen, because_you_viewed, candidates, from_list, pick
+from service.ranking import because_you_viewed, candidates, from_list, pick
 from service.schemas import MAX_BATCH, Source
 from service.store import Store
 from tests.conftest import TINY_SCORES, StaticConfig, StaticModel, TinyStore, free_port
@@ -474,10 +474,10 @@ def test_pick_asks_for_unknown_metadata_before_going_past_it() -> None:
     stream = from_list(RecList(items=["a", "b", "c", "d", "a"], scores=[5, 4, 3, 2, 1]), "r", Source.PERSONALIZED)
     meta: dict[str, ItemMeta | None] = {"a": ItemMeta(category="k"), "c": None}  # c: not in the catalogue
     assert pick([stream], {"b"}, {}, 3, lookahead=2) == ([], ["a", "c"])
-    assert pick([stream], {"b"}, meta, 1, lookahead=2) == ([Chosen("a", 5, "r", Source.PERSONALIZED, "k")], [])
-    assert pick([stream], {"b"}, meta, 3, lookahead=2) == ([Chosen("a", 5, "r", Source.PERSONALIZED, "k")], ["d"])
+    assert pick([stream], {"b"}, meta, 1, lookahead=2) == ([("a", 5, "r", Source.PERSONALIZED, "k")], [])
+    assert pick([stream], {"b"}, meta, 3, lookahead=2) == ([("a", 5, "r", Source.PERSONALIZED, "k")], ["d"])
     meta["d"] = ItemMeta(available=False)
-    assert pick([stream], {"b"}, meta, 3, lookahead=2) == ([Chosen("a", 5, "r", Source.PERSONALIZED, "k")], [])
+    assert pick([stream], {"b"}, meta, 3, lookahead=2) == ([("a", 5, "r", Source.PERSONALIZED, "k")], [])
 
 
 def test_tailor_serve_runs_the_app_factory_under_uvicorn(
