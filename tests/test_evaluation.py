@@ -84,11 +84,21 @@ class FixedOracle:
 
     def __init__(self) -> None:
         self.excludes: list[dict[str, set[str]] | None] = []
+        self.purchased: list[dict[str, set[str]] | None] = []
+        self.at: list[datetime | None] = []
 
     def oracle_topk(
-        self, user_ids: npt.NDArray[np.str_], k: int, exclude: dict[str, set[str]] | None
+        self,
+        user_ids: npt.NDArray[np.str_],
+        k: int,
+        exclude: dict[str, set[str]] | None,
+        *,
+        purchased: dict[str, set[str]] | None = None,
+        at: datetime | None = None,
     ) -> tuple[npt.NDArray[np.str_], npt.NDArray[np.float64]]:
         self.excludes.append(exclude)
+        self.purchased.append(purchased)
+        self.at.append(at)
         rows = [[i for i in self.RANKING[u] if i not in (exclude or {}).get(u, set())][:k] for u in user_ids]
         ids = np.array([r + [""] * (k - len(r)) for r in rows], dtype=np.str_)
         return ids, np.where(ids == "", -np.inf, 1.0)
@@ -191,6 +201,9 @@ def test_oracle_ratio_and_exclusions(split: TemporalSplit, model: Popularity) ->
     report = evaluate(model, split, protocol="new_items", ks=KS, oracle=oracle)
     # the oracle is told the same training history the model's lists exclude (u5's view included)
     assert oracle.excludes == [{"u4": {"A", "B"}, "u5": {"A"}}]
+    # ...and the training purchases (u5's A was only a view) and the cutoff, for its repeat/stock rules
+    assert oracle.purchased == [{"u4": {"A", "B"}}]
+    assert oracle.at == [CUTOFF]
     # oracle lists: u4 [E] (B, A excluded) hit@1; u5 [C, E, D] hit@1; u9 [A, F, B] hits at 2 and 3
     oracle_u9 = (1 / L3 + 1 / L4) / (1 + 1 / L3)
     m = report.metrics

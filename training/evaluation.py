@@ -33,6 +33,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
@@ -40,7 +41,7 @@ import numpy.typing as npt
 import polars as pl
 import scipy.sparse as sp
 
-from features.columns import Columns
+from features.columns import Columns, EventType
 from features.errors import SchemaError
 from training import metrics as m
 from training.models.base import Recommender
@@ -77,8 +78,16 @@ class OracleLike(Protocol):
     """A ground-truth ranker (the synthetic generator's ``GroundTruth``)."""
 
     def oracle_topk(
-        self, user_ids: npt.NDArray[np.str_], k: int, exclude: dict[str, set[str]] | None
-    ) -> tuple[npt.NDArray[np.str_], npt.NDArray[Any]]: ...
+        self,
+        user_ids: npt.NDArray[np.str_],
+        k: int,
+        exclude: dict[str, set[str]] | None,
+        *,
+        purchased: dict[str, set[str]] | None = None,
+        at: datetime | None = None,
+    ) -> tuple[npt.NDArray[np.str_], npt.NDArray[Any]]:
+        """``purchased`` (train purchases per user) and ``at`` (the cutoff) let the oracle apply the
+        same repeat-purchase and stock rules that generated the test period."""
 
 
 @dataclass(frozen=True)
@@ -200,7 +209,7 @@ def evaluate(
     eval_users = _evaluated_users(pairs, protocol)
     history = _history(split.train, eval_users) if protocol == "new_items" else None
     recs = _recommend_model(model, eval_users, ks[-1], history, batch_size)
-    oracle_recs = _recommend_oracle(oracle, eval_users, ks[-1], history, batch_size) if oracle else None
+    oracle_recs = _recommend_oracle(oracle, eval_users, ks[-1], history, split, batch_size) if oracle else None
     items = _item_table(split.train, pairs, catalogue, model, [r for r in (recs, oracle_recs) if r is not None])
     targets = _target_matrix(pairs, eval_users, items.ids)
     reco = items.encode(recs)
@@ -312,17 +321,36 @@ def _history_matrix(history: pl.DataFrame, users: npt.NDArray[np.str_], model: R
 
 
 def _recommend_oracle(
-    oracle: OracleLike, users: npt.NDArray[np.str_], k: int, history: pl.DataFrame | None, batch_size: int
+    oracle: OracleLike,
+    users: npt.NDArray[np.str_],
+    k: int,
+    history: pl.DataFrame | None,
+    split: SplitLike,
+    batch_size: int,
 ) -> StrMatrix:
-    """The oracle's top-k in batches, excluding the same history as the model under ``new_items``."""
+    """The oracle's top-k in batches, excluding the same history as the model under ``new_items``.
+
+    The oracle also gets each user's training purchases and the cutoff, so its ranking follows the
+    generator's repeat-purchase and stock rules (without them a buy-again model could beat it).
+    """
     seen = _history_sets(history) if history is not None else None
+    bought = _purchase_sets(split.train)
+    cutoff = getattr(split, "cutoff", None)
     parts = []
     for start in range(0, len(users), batch_size):
         batch = users[start : start + batch_size]
         exclude = {u: seen[u] for u in batch.tolist() if u in seen} if seen is not None else None
-        item_ids, _ = oracle.oracle_topk(batch, k, exclude=exclude)
+        purchased = {u: bought[u] for u in batch.tolist() if u in bought} if bought is not None else None
+        item_ids, _ = oracle.oracle_topk(batch, k, exclude=exclude, purchased=purchased, at=cutoff)
         parts.append(_fit_width(item_ids, len(batch), k, "oracle"))
     return np.concatenate(parts)
+
+
+def _purchase_sets(train: pl.DataFrame) -> dict[str, set[str]] | None:
+    """Items each user purchased in training (None when events carry no type)."""
+    if Columns.EVENT not in train.columns:
+        return None
+    return _history_sets(train.filter(pl.col(Columns.EVENT) == EventType.PURCHASE))
 
 
 def _history_sets(history: pl.DataFrame) -> dict[str, set[str]]:

@@ -86,7 +86,7 @@ def _item_knn(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
 
 
 def _ease(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
-    return {"l2": trial.suggest_float("model.l2", 1.0, 5000.0, log=True)}
+    return {"l2": trial.suggest_float("model.l2", 10.0, 1e6, log=True)}
 
 
 def _lightfm(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
