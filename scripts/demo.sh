@@ -32,11 +32,13 @@ tailor serve --background --port "$PORT"
 USER_ID=$(tailor data sample-user "$STORE")
 URL="http://127.0.0.1:$PORT/v1/users/$USER_ID/recommendations?k=5"
 echo "GET $URL"
-python -c "
+ITEM=$(python -c "
 import json, sys, urllib.request
 req = urllib.request.Request(sys.argv[1], headers={'X-API-Key': sys.argv[2]})
-print(json.dumps(json.load(urllib.request.urlopen(req, timeout=10)), indent=2))
-" "$URL" "$KEY"
+body = json.load(urllib.request.urlopen(req, timeout=10))
+print(json.dumps(body, indent=2), file=sys.stderr)
+print(body['items'][0]['item_id'] if body['items'] else 'ITEM')
+" "$URL" "$KEY")
 
 cat <<MSG
 
@@ -45,7 +47,9 @@ Try next:
   curl -H 'X-API-Key: $KEY' 'http://127.0.0.1:$PORT/v1/users/$USER_ID/recommendations?k=10'
   curl -H 'X-API-Key: $KEY' 'http://127.0.0.1:$PORT/v1/users/new-shopper/recommendations?k=5'
   curl -H 'X-API-Key: $KEY' -H 'Content-Type: application/json' -X POST http://127.0.0.1:$PORT/v1/events \\
-       -d '{"user_id": "new-shopper", "item_id": "ITEM", "event_type": "view"}'
+       -d '{"user_id": "new-shopper", "item_id": "$ITEM", "event_type": "view"}'
+  curl -H 'X-API-Key: $KEY' 'http://127.0.0.1:$PORT/v1/users/new-shopper/recommendations?k=5'   # now because_you_viewed:$ITEM
+  curl -H 'X-API-Key: $KEY' 'http://127.0.0.1:$PORT/v1/items/$ITEM/similar?k=5'
   make mlflow-ui        # runs, metrics and plots at http://127.0.0.1:5000
   make stop             # stop the service and the embedded Redis
 MSG
