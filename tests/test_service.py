@@ -296,6 +296,35 @@ def test_the_user_state_script_carries_long_ids_and_long_lists(
     assert u1.similar == [decode(redis_client.get(Keys.similar(1, "A")) or b"", RecList), None]  # zz: no list
 
 
+class RecordingStore(Store):
+    """Records the users of each script call (the reads themselves go to the real Redis)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        super().__init__(client)
+        self.calls: list[list[str]] = []
+
+    async def read_users(self, version: int, user_ids: Sequence[str]) -> tuple[Any, Any]:
+        self.calls.append(list(user_ids))
+        return await super().read_users(version, user_ids)
+
+
+def test_concurrent_requests_share_one_script_call(published: PublishSummary, redis_url: str) -> None:
+    async def read() -> tuple[list[list[str]], list[list[str]]]:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            store = RecordingStore(client)
+            engine = Engine(store, Metrics())
+            await engine.warm_up()
+            outs = await asyncio.gather(*(engine.recommend(Query(u, 3)) for u in ["u1", "u3", "u9", "stranger"]))
+            return [[i.item_id for i in out.items] for out in outs], store.calls
+        finally:
+            await client.aclose()
+
+    answers, calls = asyncio.run(read())
+    assert answers == [["C", "B", "D"], ["A", "B", "C"], ["D", "B", "A"], ["A", "D", "C"]]
+    assert calls == [["u1", "u3", "u9", "stranger"]]
+
+
 def test_a_payload_schema_the_service_cannot_read_is_refused(
     client: TestClient[Any], redis_client: redis.Redis
 ) -> None:
