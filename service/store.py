@@ -160,6 +160,12 @@ class Store:
         """Run one batch and hand each waiting request its part (or the error)."""
         try:
             active, states = await self.read_users(version, [user_id for user_id, _ in batch])
+        except ContractError as exc:
+            if len(batch) == 1:
+                _fail(batch[0][1], exc)
+            else:  # one unreadable payload must not fail its neighbours: read each user on its own
+                for one in batch:
+                    self._batches.add(asyncio.ensure_future(self._answer(version, [one])))
         except BaseException as exc:
             for _, future in batch:
                 _fail(future, exc)

@@ -23,7 +23,7 @@ from litestar.testing import TestClient
 
 from features.settings import Settings
 from service.app import create_app
-from service.contract import ActiveVersion, ItemMeta, Keys, RecList, UserRecs, decode, encode
+from service.contract import ActiveVersion, ContractError, ItemMeta, Keys, RecList, UserRecs, decode, encode
 from service.engine import Engine, Query, VersionCache
 from service.metrics import Metrics
 from service.ranking import because_you_viewed, candidates, from_list, pick
@@ -323,6 +323,30 @@ def test_concurrent_requests_share_one_script_call(published: PublishSummary, re
     answers, calls = asyncio.run(read())
     assert answers == [["C", "B", "D"], ["A", "B", "C"], ["D", "B", "A"], ["A", "D", "C"]]
     assert calls == [["u1", "u3", "u9", "stranger"]]
+
+
+def test_an_unreadable_payload_fails_only_its_own_request(
+    published: PublishSummary, redis_url: str, redis_client: redis.Redis
+) -> None:
+    redis_client.set(Keys.user(published.version, "u3"), b"\xc1 not msgpack")
+
+    async def read() -> tuple[list[Any], list[list[str]]]:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            store = RecordingStore(client)
+            engine = Engine(store, Metrics())
+            await engine.warm_up()
+            queries = (engine.recommend(Query(u, 3)) for u in ["u1", "u3", "u9"])
+            return list(await asyncio.gather(*queries, return_exceptions=True)), store.calls
+        finally:
+            await client.aclose()
+
+    outcomes, calls = asyncio.run(read())
+    assert [[i.item_id for i in out.items] for out in (outcomes[0], outcomes[2])] == [["C", "B", "D"], ["D", "B", "A"]]
+    assert isinstance(outcomes[1], ContractError)
+    assert "u3" in str(outcomes[1])
+    assert calls[0] == ["u1", "u3", "u9"]  # one shared call failed, then each user was read alone
+    assert sorted(calls[1:]) == [["u1"], ["u3"], ["u9"]]
 
 
 def test_a_payload_schema_the_service_cannot_read_is_refused(
