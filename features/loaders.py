@@ -342,11 +342,32 @@ def _with_times(frame: pl.DataFrame, mapping: EventMapping, schema: pl.Schema) -
 
 def _tag(frame: pl.DataFrame, mapping: EventMapping, schema: pl.Schema) -> pl.DataFrame:
     """Add each row's reason and faulty column (null when valid) and, for valid rows, a row hash."""
-    reason, column = tag_expressions(_checks(mapping, schema))
+    checks = _checks(mapping, schema)
+    failed = pl.any_horizontal(*(check.failed.fill_null(False) for check in checks))
+    # Duplicates are looked for among valid rows only, by the hash of their mapped values. The mask
+    # and the hashes come from one lazy select, so polars computes them side by side on the cores.
+    row_hash = pl.struct(*(_tmp(c) for c in EVENT_SCHEMA)).hash()
+    marks = frame.lazy().select(failed.alias(_REASON), row_hash.alias(_HASH)).collect()
+    if not marks[_REASON].any():
+        # All valid, the common case: no reason columns at all (see _has_reasons). Adding even constant
+        # columns makes later with_columns calls materialise them: 10M rows cost a second.
+        return frame.hstack([marks[_HASH]])
+    reason, column = tag_expressions(checks)
     tagged = frame.with_columns(reason.alias(_REASON), column.alias(_COLUMN))
-    # Duplicates are looked for among valid rows only, by the hash of their mapped values.
-    row_hash = pl.when(pl.col(_REASON).is_null()).then(pl.struct(*(_tmp(c) for c in EVENT_SCHEMA)).hash())
-    return tagged.with_columns(row_hash.alias(_HASH))
+    return tagged.with_columns(pl.when(pl.col(_REASON).is_null()).then(marks[_HASH]).alias(_HASH))
+
+
+def _has_reasons(frame: pl.DataFrame) -> bool:
+    """False when :func:`_tag` found every row valid and so added no reason/column columns."""
+    return _REASON in frame.columns
+
+
+def _with_reasons(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with its reason/column columns, all null when :func:`_tag` left them out."""
+    if _has_reasons(frame):
+        return frame
+    nothing = pl.lit(None, dtype=pl.Utf8)
+    return frame.with_columns(nothing.alias(_REASON), nothing.alias(_COLUMN))
 
 
 def _find_duplicates(frame: pl.DataFrame) -> pl.Series:
@@ -368,8 +389,11 @@ def _find_duplicates(frame: pl.DataFrame) -> pl.Series:
 def _apply_duplicates(frame: pl.DataFrame, policy: Literal["reject", "keep"]) -> pl.DataFrame:
     """Reject duplicates (reason ``duplicate_row``, no single column at fault) or flag them as kept."""
     duplicate = _find_duplicates(frame)
+    if not duplicate.any():
+        return frame  # no _DUP column: nothing kept (see _report)
     if policy == "keep":
         return frame.with_columns(duplicate.alias(_DUP))
+    frame = _with_reasons(frame)
     return frame.with_columns(
         pl.when(duplicate).then(pl.lit(Reason.DUPLICATE_ROW)).otherwise(pl.col(_REASON)).alias(_REASON),
         pl.when(duplicate).then(None).otherwise(pl.col(_COLUMN)).alias(_COLUMN),
@@ -388,11 +412,11 @@ def _split(frame: pl.DataFrame, schema: pl.Schema) -> tuple[pl.DataFrame, pl.Dat
     taken = {ROW, REASON, COLUMN}
     originals = [pl.col(name).cast(pl.Utf8).alias(f"source_{name}" if name in taken else name) for name in schema]
     quarantine = [pl.col(_ROW).cast(pl.Int64).alias(ROW), pl.col(_REASON).alias(REASON), pl.col(_COLUMN).alias(COLUMN)]
-    if frame[_REASON].null_count() == frame.height:
+    if not _has_reasons(frame) or frame[_REASON].null_count() == frame.height:
         # All valid, the common case: take the mapped Series as they are. A `select` would rechunk
         # (copy) every column; building the frame from the Series copies nothing.
         events = pl.DataFrame([frame[_TMP + c].alias(c) for c in EVENT_SCHEMA])
-        return events, frame.head(0).select(*quarantine, *originals)
+        return events, _with_reasons(frame.head(0)).select(*quarantine, *originals)
     valid = frame[_REASON].is_null()
     return frame.filter(valid).select(contract), frame.filter(~valid).select(*quarantine, *originals)
 
@@ -434,7 +458,7 @@ def _report(
         time_max=time_max,
         rejected=tuple(c for c in counts if c.reason not in rules),
         dropped=tuple(c for c in counts if c.reason in rules),
-        duplicates_kept=int(frame[_DUP].sum()),
+        duplicates_kept=int(frame[_DUP].sum()) if _DUP in frame.columns else 0,
     )
 
 
