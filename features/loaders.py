@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import polars as pl
 
@@ -432,10 +432,27 @@ def _check_time_format(frame: pl.DataFrame, quarantined: pl.DataFrame, mapping: 
         )
 
 
-def _count_distinct(ids: pl.Series) -> int:
+def _distinct(column: str) -> pl.Expr:
     """Distinct ids, counted by 64-bit hash: about 5x faster than on strings, and exact unless two
     different ids share a hash (odds about n²/2⁶⁵: 3e-8 for a million ids). Only reports use it."""
-    return ids.hash().n_unique()
+    return pl.col(column).hash().n_unique()
+
+
+def _summary(events: pl.DataFrame) -> tuple[dict[str, Any], pl.DataFrame]:
+    """(distinct users/items and first/last time, event counts): one parallel pass over the columns."""
+    lazy = events.lazy()
+    stats, counts = pl.collect_all(
+        [
+            lazy.select(
+                _distinct(Columns.USER).alias("users"),
+                _distinct(Columns.ITEM).alias("items"),
+                pl.col(Columns.TIMESTAMP).min().alias("min"),
+                pl.col(Columns.TIMESTAMP).max().alias("max"),
+            ),
+            lazy.group_by(Columns.EVENT).len("count"),
+        ]
+    )
+    return stats.row(0, named=True), counts.sort(["count", Columns.EVENT], descending=[True, False])
 
 
 def _report(
@@ -443,19 +460,16 @@ def _report(
 ) -> ValidationReport:
     rules = {rule.reason for rule in mapping.drop}
     counts = count_reasons(quarantined)
-    event_counts = events[Columns.EVENT].value_counts().sort(["count", Columns.EVENT], descending=[True, False])
-    time_min, time_max = events.select(
-        pl.col(Columns.TIMESTAMP).min().alias("min"), pl.col(Columns.TIMESTAMP).max().alias("max")
-    ).row(0)
+    stats, event_counts = _summary(events)
     return ValidationReport(
         source=str(source),
         rows_read=frame.height,
         rows_valid=events.height,
-        n_users=_count_distinct(events[Columns.USER]),
-        n_items=_count_distinct(events[Columns.ITEM]),
+        n_users=stats["users"],
+        n_items=stats["items"],
         event_counts={str(k): int(v) for k, v in event_counts.iter_rows()},
-        time_min=time_min,
-        time_max=time_max,
+        time_min=stats["min"],
+        time_max=stats["max"],
         rejected=tuple(c for c in counts if c.reason not in rules),
         dropped=tuple(c for c in counts if c.reason in rules),
         duplicates_kept=int(frame[_DUP].sum()) if _DUP in frame.columns else 0,
