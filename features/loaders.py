@@ -146,6 +146,28 @@ def _collect(frame: pl.LazyFrame, source: Path) -> pl.DataFrame:
 # Expressions: source columns → contract values
 
 
+class _SourceSchema(pl.Schema):
+    """A source schema that also knows which text columns are already clean.
+
+    A clean column has no blank value and none with leading or trailing whitespace, so trimming it
+    (and blank → null) would change nothing: expressions then use it as it is, sparing a pass and a
+    copy of the column (10M values: 0.2 s and 160 MB each).
+    """
+
+    def __init__(self, schema: pl.Schema, clean: frozenset[str]) -> None:
+        super().__init__(schema)
+        self.clean = clean
+
+
+def _clean_columns(frame: pl.DataFrame, columns: list[str]) -> frozenset[str]:
+    """The text ``columns`` of ``frame`` with no blank and no untrimmed value, in one parallel select."""
+    if not columns:
+        return frozenset()
+    # Rust's regex \s and str::trim (used by strip_chars) both mean Unicode White_Space.
+    dirty = frame.select(pl.col(c).cast(pl.Utf8).str.contains(r"^\s|\s$|^$").any() for c in columns).row(0)
+    return frozenset(c for c, bad in zip(columns, dirty, strict=True) if not bad)
+
+
 def _is_text(dtype: pl.DataType) -> bool:
     """Values of this type are text to trim and parse (not numbers, datetimes or dates)."""
     return not (isinstance(dtype, pl.Datetime | pl.Date) or dtype.is_numeric())
@@ -153,7 +175,7 @@ def _is_text(dtype: pl.DataType) -> bool:
 
 def _text(column: str, schema: pl.Schema) -> pl.Expr:
     """The column as text: trimmed, blank becomes null. Typed columns are only cast (nothing to trim)."""
-    if not _is_text(schema[column]):
+    if not _is_text(schema[column]) or (isinstance(schema, _SourceSchema) and column in schema.clean):
         return pl.col(column).cast(pl.Utf8)
     # One expression on purpose: referring to the stripped text twice (when/then) strips it twice.
     return pl.col(column).cast(pl.Utf8).str.strip_chars().replace("", None)
@@ -326,10 +348,18 @@ def _tmp(name: str) -> pl.Expr:
     return pl.col(_TMP + name)
 
 
-def _plan(frame: pl.LazyFrame, mapping: EventMapping, schema: pl.Schema, source: Path) -> pl.LazyFrame:
-    """The lazy part: source columns as they are, plus row numbers and the mapped columns."""
+def _read(scan: pl.LazyFrame, mapping: EventMapping, schema: pl.Schema, source: Path) -> tuple[pl.DataFrame, pl.Schema]:
+    """The source rows with their row numbers, and the schema knowing which mapped text is clean."""
+    frame = _collect(scan.with_row_index(_ROW, offset=1), source)
+    used = {*mapping.source_columns().values(), *(c for c in _optional_columns(mapping, schema).values() if c)}
+    text = [c for c in schema if c in used and _is_text(schema[c])]
+    return frame, _SourceSchema(schema, _clean_columns(frame, text))
+
+
+def _plan(frame: pl.DataFrame, mapping: EventMapping, schema: pl.Schema, source: Path) -> pl.LazyFrame:
+    """The lazy part: source columns as they are, plus the mapped columns."""
     mapped = {_TMP + name: expr for name, expr in _mapped(mapping, schema, source).items()}
-    return frame.with_row_index(_ROW, offset=1).with_columns(**mapped)
+    return frame.lazy().with_columns(**mapped)
 
 
 def _with_times(frame: pl.DataFrame, mapping: EventMapping, schema: pl.Schema) -> pl.DataFrame:
@@ -536,7 +566,8 @@ def load_events(
     scan = scan_source(source)
     schema = _collect_schema(scan, source)
     require_columns(list(schema), mapping.source_columns(), str(source), explicit_mapping=explicit)
-    frame = _with_times(_collect(_plan(scan, mapping, schema, source), source), mapping, schema)
+    frame, schema = _read(scan, mapping, schema, source)
+    frame = _with_times(_collect(_plan(frame, mapping, schema, source), source), mapping, schema)
     frame = _apply_duplicates(_tag(frame, mapping, schema), mapping.duplicates)
     events, quarantined = _split(frame, schema)
     _check_time_format(frame, quarantined, mapping, source)

@@ -100,6 +100,29 @@ def test_parquet_with_typed_columns_and_pq_extension(tmp_path: Path) -> None:
     ]
 
 
+def test_parquet_text_is_trimmed_only_where_needed_with_the_same_result(tmp_path: Path) -> None:
+    # user_id is clean (used as it is); item_id and event_type need trimming (a no-break space is
+    # whitespace too); a blank item is rejected like a missing one; row 4 repeats row 1 once trimmed.
+    day = datetime(2024, 1, 1)
+    pl.DataFrame(
+        {
+            "user_id": ["u1", "u2", "u3", "u1"],
+            "item_id": [" i1", "i2 ", "  ", "i1"],
+            "event_type": ["view", "\u00a0purchase", "view", "view\t"],
+            "timestamp": [day, day, day, day],
+        }
+    ).write_parquet(tmp_path / "events.parquet")
+    result = load_events(tmp_path / "events.parquet")
+    assert rows(result.events, Columns.USER, Columns.ITEM, Columns.EVENT) == [
+        ("u1", "i1", "view"),
+        ("u2", "i2", "purchase"),
+    ]
+    assert result.quarantined.select("row", "reason", "item_id").rows() == [
+        (3, "empty_item_id", "  "),
+        (4, "duplicate_row", "i1"),
+    ]
+
+
 def test_folder_with_events_parquet(tmp_path: Path) -> None:
     load_events(write(tmp_path / "e.csv", NATIVE_CSV)).events.write_parquet(tmp_path / "events.parquet")
     result = load_events(tmp_path)
