@@ -683,9 +683,8 @@ def _relative(path: str) -> str:
 STEP = "benchmarks.bench_models:compare_step"
 ORACLE_NOTE = (
     "`vs oracle` is NDCG@10 divided by the NDCG@10 of the store's ground-truth ranking "
-    "(`GroundTruth.oracle_topk`, passed to `evaluate` as `oracle`). Above 1 under `all_items`: evaluation asks "
-    "the oracle without the shopper's past purchases, so its ranking knows nothing of repeat purchases "
-    "(consumables bought again), which buy-again scores directly."
+    "(`GroundTruth.oracle_topk`, passed to `evaluate` as `oracle`, with each shopper's training purchases "
+    "and the cutoff, so it applies the generator's repeat-purchase and stock rules)."
 )
 PRELOAD = ("numpy", "polars", "scipy.sparse", "implicit.cpu.als", "lightfm", "mlflow", "optuna", "training.pipeline")
 
