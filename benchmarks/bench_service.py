@@ -753,10 +753,9 @@ def _publish_table(r: Results) -> str:
     ]  # fmt: skip
     note = (
         f"*users/s writing* excludes model scoring: rows → `UserRecs` → msgpack → MSETs of 1000 keys (flushed). "
-        f"The write phase of the real run counts the {p['model_users']:,} users with a personal list only (the "
-        f"{p['users'] - p['model_users']:,} segment-only users are written outside that timer; "
-        f"`PublishSummary.users_written_per_s` divides all {p['users']:,} users by it, which overstates the "
-        f"rate). The whole run also scores, builds fallback and similar-items lists and switches the version. "
+        f"The write phase of the real run counts the {p['model_users']:,} users with a personal list only, while "
+        f"its timer also covers the {p['users'] - p['model_users']:,} segment-only users, so that rate is a lower "
+        f"bound. The whole run also scores, builds fallback and similar-items lists and switches the version. "
         f"*of which sending*: time inside `BatchWriter` flushes (packing, socket, Redis); *client CPU s*: the "
         f"publishing process's CPU time in the timed sections (wall minus that = waiting for Redis or for a "
         f"core). Mean user payload {p['payload_bytes']:,} bytes."
