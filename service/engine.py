@@ -16,7 +16,7 @@ startup and refreshed whenever a request sees a new active version.
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -275,7 +275,7 @@ def _response(query: Query, chosen: list[Chosen], active: ActiveVersion, *, degr
         items=items,
         source=chosen[0][3] if chosen else Source.NONE,  # the step of the best item
         degraded=degraded,
-        recommendation_id=uuid.uuid4().hex,
+        recommendation_id=os.urandom(16).hex(),  # 32 random hex digits, without uuid4's UUID object
         model_name=active.model_name,
         model_version=active.model_version,
         publish_version=active.version,
