@@ -13,7 +13,8 @@ than the script's work for one more user.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+import hashlib
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -21,6 +22,7 @@ from typing import Any, Final
 import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from features.columns import Columns, EventType
@@ -82,6 +84,7 @@ end
 return table.concat(out)
 """
 """One read for a batch of users, as one msgpack document ``[active, [UserState, ...]]``."""
+_USER_STATE_SHA: Final = hashlib.sha1(USER_STATE_LUA.encode(), usedforsecurity=False).hexdigest()
 
 
 class UserState(msgspec.Struct, frozen=True, array_like=True):
@@ -117,7 +120,7 @@ class Store:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
-        self._script = client.register_script(USER_STATE_LUA)  # EVALSHA; reloaded on NOSCRIPT (Redis restart)
+        self._execute: Callable[..., Awaitable[Any]] = client.execute_command  # typed: redis-py's is not
         self._pending: _Pending = {}
         self._batches: set[asyncio.Task[None]] = set()  # script calls under way
         self._flush_scheduled = False
@@ -186,7 +189,13 @@ class Store:
             RECENT_MAX, MAX_SEEDS, *user_ids,
         )  # fmt: skip
         with unreachable_as_unavailable():
-            raw = await self._script(args=args)
+            # EVALSHA sent directly: redis-py's Script.__call__ adds per-call work (an import, tuple copies,
+            # a pipeline check) for the same command. NOSCRIPT (a restarted or flushed Redis): load, retry.
+            try:
+                raw = await self._execute("EVALSHA", _USER_STATE_SHA, 0, *args)
+            except NoScriptError:
+                await self.client.script_load(USER_STATE_LUA)
+                raw = await self._execute("EVALSHA", _USER_STATE_SHA, 0, *args)
         try:
             active, states = _READ.decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
