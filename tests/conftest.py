@@ -30,6 +30,7 @@ from features.matrix import build_matrix
 from features.settings import Settings
 from service.redis_server import ensure_redis, stop_redis
 from training.models.base import ModelConfig, Recommender, TrainData
+from training.publish import PublishInfo, publish
 
 
 def free_port() -> int:
@@ -208,3 +209,15 @@ def tiny_store() -> TinyStore:
     events = _events(TINY_EVENTS)
     model = StaticModel(TINY_SCORES).fit(TrainData(build_matrix(events)))
     return TinyStore(events, pl.DataFrame(TINY_CATALOGUE), pl.DataFrame(TINY_USERS), model)
+
+
+def publish_tiny(server: RedisHandle, store: TinyStore) -> None:
+    """Publish ``store``'s fixed-score model to ``server`` (as `tailor publish` would, without progress)."""
+    client = redis.Redis.from_url(server.url)
+    try:
+        publish(
+            store.model, events=store.events, catalogue=store.catalogue, users=store.users, redis_client=client,
+            info=PublishInfo(model_name="tiny", model_version="1"), progress=False,
+        )  # fmt: skip
+    finally:
+        client.close()

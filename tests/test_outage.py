@@ -7,13 +7,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 from litestar.testing import TestClient
 
 from features.settings import Settings
 from service.app import create_app
-from tests.conftest import RedisHandle, TinyStore
-from training.publish import PublishInfo, publish
+from tests.conftest import RedisHandle, TinyStore, publish_tiny
 
 KEY = "test-key"
 EVENT = {"user_id": "u2", "item_id": "C", "event_type": "purchase"}
@@ -23,21 +21,10 @@ def settings_for(server: RedisHandle) -> Settings:
     return Settings(home=server.home, redis_url=server.url, api_keys=[KEY])
 
 
-def publish_to(server: RedisHandle, store: TinyStore) -> None:
-    client = redis.Redis.from_url(server.url)
-    try:
-        publish(
-            store.model, events=store.events, catalogue=store.catalogue, users=store.users, redis_client=client,
-            info=PublishInfo(model_name="tiny", model_version="1"), progress=False,
-        )  # fmt: skip
-    finally:
-        client.close()
-
-
 @pytest.fixture
 def client(own_redis: RedisHandle, tiny_store: TinyStore) -> Iterator[TestClient[Any]]:
     """A service started while Redis is up and the tiny store is published."""
-    publish_to(own_redis, tiny_store)
+    publish_tiny(own_redis, tiny_store)
     with TestClient(create_app(settings_for(own_redis))) as test_client:
         test_client.headers["X-API-Key"] = KEY
         yield test_client
@@ -84,7 +71,7 @@ def test_events_during_an_outage_are_refused_with_503(client: TestClient[Any], o
 
 def test_the_outage_copy_is_loaded_at_startup(own_redis: RedisHandle, tiny_store: TinyStore) -> None:
     """No request has read anything yet: the copy comes from the startup refresh."""
-    publish_to(own_redis, tiny_store)
+    publish_tiny(own_redis, tiny_store)
     with TestClient(create_app(settings_for(own_redis))) as test_client:
         own_redis.stop()
         response = test_client.get("/v1/users/u1/recommendations?k=2", headers={"X-API-Key": KEY})
@@ -95,7 +82,7 @@ def test_the_outage_copy_is_loaded_at_startup(own_redis: RedisHandle, tiny_store
 def test_a_service_started_during_an_outage_answers_503_until_redis_is_back(
     own_redis: RedisHandle, tiny_store: TinyStore
 ) -> None:
-    publish_to(own_redis, tiny_store)
+    publish_tiny(own_redis, tiny_store)
     own_redis.stop()
     with TestClient(create_app(settings_for(own_redis))) as test_client:
         test_client.headers["X-API-Key"] = KEY

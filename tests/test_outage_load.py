@@ -19,13 +19,11 @@ import socket
 from dataclasses import dataclass
 
 import httpx
-import redis
 import uvicorn
 
 from features.settings import Settings
 from service.app import create_app
-from tests.conftest import RedisHandle, TinyStore
-from training.publish import PublishInfo, publish
+from tests.conftest import RedisHandle, TinyStore, publish_tiny
 
 KEY = "test-key"
 N_REQUESTS, CONCURRENCY = 300, 8
@@ -45,17 +43,6 @@ class Outcome:
     status: int
     degraded: bool | None
     items: list[str]
-
-
-def publish_tiny(server: RedisHandle, store: TinyStore) -> None:
-    client = redis.Redis.from_url(server.url)
-    try:
-        publish(
-            store.model, events=store.events, catalogue=store.catalogue, users=store.users, redis_client=client,
-            info=PublishInfo(model_name="tiny", model_version="1"), progress=False,
-        )  # fmt: skip
-    finally:
-        client.close()
 
 
 async def load_through_outage(server: RedisHandle) -> list[Outcome]:
