@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
+import msgspec
 from prometheus_client import Counter
 
 from service import ranking
@@ -35,6 +35,7 @@ from service.schemas import (
     EventIn,
     EventsAccepted,
     Ready,
+    RecommendationParams,
     RecommendationsOut,
     RecommendedItem,
     SimilarItem,
@@ -50,9 +51,8 @@ _READ_ATTEMPTS: Final = 3
 """Reads of one request when the active version keeps changing under it (two are enough in practice)."""
 
 
-@dataclass(frozen=True)
-class Query:
-    """A validated recommendation request."""
+class Query(msgspec.Struct, frozen=True):
+    """A validated recommendation request (a Struct: built on every request, ~10× cheaper than a frozen dataclass)."""
 
     user_id: str
     k: int
@@ -60,14 +60,14 @@ class Query:
     exclude: tuple[str, ...] = ()
 
     @classmethod
-    def parse(cls, user_id: str, k: int, category: str | None, exclude: str | None) -> Query:
-        """Check what the framework cannot (the exclude list); raises :class:`InvalidInputError`."""
-        items = ranking.parse_exclude(exclude)
+    def parse(cls, params: RecommendationParams) -> Query:
+        """Check what a Struct cannot (the items of the exclude list); raises :class:`InvalidInputError`."""
+        items = ranking.parse_exclude(params.exclude)
         if len(items) > MAX_EXCLUDE:
             raise InvalidInputError.at("exclude", f"{len(items)} item ids; at most {MAX_EXCLUDE} allowed")
         if any(len(i) > MAX_ID_LENGTH for i in items):
             raise InvalidInputError.at("exclude", f"an item id is longer than {MAX_ID_LENGTH} characters")
-        return cls(user_id, k, category or None, tuple(items))
+        return cls(params.user_id, params.k, params.category or None, tuple(items))
 
 
 class VersionCache:

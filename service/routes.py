@@ -10,30 +10,29 @@ import hmac
 from typing import Annotated, Any, Final
 
 import msgspec
-from litestar import Response, Router, get, post
+from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
-from litestar.datastructures import State
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
-from litestar.params import Body, Parameter
+from litestar.params import Body
 
 from service.engine import Engine, Query
 from service.errors import InvalidInputError, UnauthorizedError
 from service.metrics import CONTENT_TYPE, Metrics
+from service.params import documented, parse_params
 from service.problems import msgspec_error
 from service.schemas import (
-    MAX_EXCLUDE,
-    MAX_ID_LENGTH,
-    MAX_K,
     EventBatch,
     EventIn,
     EventsAccepted,
     Health,
     Problem,
     Ready,
+    RecommendationParams,
     RecommendationsOut,
     SimilarItemsOut,
+    SimilarParams,
 )
 
 API_KEY_HEADER: Final = "X-API-Key"
@@ -49,9 +48,6 @@ _ERRORS: Final = {
     503: _problem("Redis unreachable (and nothing usable in memory) or nothing published yet"),
 }
 
-K = Annotated[int, Parameter(ge=1, le=MAX_K, description=f"number of items (1-{MAX_K})", examples=[Example(value=10)])]
-PathId = Annotated[str, Parameter(min_length=1, max_length=MAX_ID_LENGTH)]
-
 
 async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Guard of ``/v1``: the X-API-Key header must hold a configured key (constant-time compare).
@@ -66,11 +62,17 @@ async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: Bas
         raise UnauthorizedError(f"unknown {API_KEY_HEADER}", field=API_KEY_HEADER)
 
 
-def _engine(state: State) -> Engine:
-    """The app's engine (set by the lifespan). Read from ``state`` rather than injected as a dependency:
-    Litestar resolves a dependency through its own signature model on every request (~10% of the
-    recommendations CPU)."""
-    engine: Engine = state.engine
+Req = Request[Any, Any, Any]
+
+
+def _engine(request: Req) -> Engine:
+    """The app's engine (set by the lifespan), read through the request.
+
+    Not a dependency (Litestar resolves those through their own signature model on every request) and
+    not a ``state: State`` parameter (Litestar copies the app state into a new ``State`` per request):
+    the request object already exists, so injecting it costs nothing.
+    """
+    engine: Engine = request.app.state.engine
     return engine
 
 
@@ -79,28 +81,13 @@ def _engine(state: State) -> Engine:
     summary="Recommendations for a shopper",
     responses=_ERRORS,
     tags=["recommendations"],
+    operation_class=documented(RecommendationParams),
 )
-async def recommendations(
-    state: State,
-    user_id: Annotated[str, Parameter(min_length=1, max_length=MAX_ID_LENGTH, examples=[Example(value="17850")])],
-    k: K = 10,
-    category: Annotated[
-        str | None,
-        Parameter(max_length=MAX_ID_LENGTH, description="context category: its popular list is the first fallback"),
-    ] = None,
-    exclude: Annotated[
-        str | None,
-        Parameter(
-            max_length=MAX_EXCLUDE * (MAX_ID_LENGTH + 1),
-            description=f"comma-separated item ids to leave out (at most {MAX_EXCLUDE})",
-            examples=[Example(value="85123A,71053")],
-        ),
-    ] = None,
-) -> RecommendationsOut:
+async def recommendations(request: Req) -> RecommendationsOut:
     """Top-k items for the shopper: their precomputed list, items similar to what they just viewed, then
-    popular items (requested category, their segment, global) to fill up to k. UnavailableError, excluded
+    popular items (requested category, their segment, global) to fill up to k. Unavailable, excluded
     and purchased items are never returned."""
-    return await _engine(state).recommend(Query.parse(user_id, k, category, exclude))
+    return await _engine(request).recommend(Query.parse(parse_params(request, RecommendationParams)))
 
 
 @get(
@@ -108,10 +95,12 @@ async def recommendations(
     summary="Items similar to an item",
     responses={**_ERRORS, 404: _problem("The item is not in the published version")},
     tags=["recommendations"],
+    operation_class=documented(SimilarParams),
 )
-async def similar_items(state: State, item_id: PathId, k: K = 10) -> SimilarItemsOut:
+async def similar_items(request: Req) -> SimilarItemsOut:
     """The item's precomputed similar items that are available, best first."""
-    return await _engine(state).similar(item_id, k)
+    query = parse_params(request, SimilarParams)
+    return await _engine(request).similar(query.item_id, query.k)
 
 
 _SINGLE = {"user_id": "17850", "item_id": "85123A", "event_type": "view"}
@@ -125,7 +114,7 @@ _BATCH = {
 
 @post("/events", status_code=202, summary="Record shopper events", responses=_ERRORS, tags=["events"])
 async def post_events(
-    state: State,
+    request: Req,
     data: Annotated[
         dict[str, Any] | None,
         Body(
@@ -141,7 +130,7 @@ async def post_events(
     """Append events to the event stream and update the shopper's real-time state before answering 202.
     A purchase removes the item from the shopper's next recommendations; views of a new shopper make
     their next recommendations personal. 503 when Redis is unreachable (nothing is stored)."""
-    return await _engine(state).record(parse_events(data))
+    return await _engine(request).record(parse_events(data))
 
 
 def parse_events(data: dict[str, Any] | None) -> list[EventIn]:
@@ -162,13 +151,13 @@ async def health() -> Health:
 
 
 @get("/ready", summary="Readiness: Redis reachable and a version published", responses=_ERRORS, tags=["operations"])
-async def ready(state: State) -> Ready:
-    return await _engine(state).ready()
+async def ready(request: Req) -> Ready:
+    return await _engine(request).ready()
 
 
 @get("/metrics", include_in_schema=False, media_type=CONTENT_TYPE)
-async def metrics(state: State) -> Response[bytes]:
-    registry: Metrics = state.metrics
+async def metrics(request: Req) -> Response[bytes]:
+    registry: Metrics = request.app.state.metrics
     return Response(registry.render(), media_type=CONTENT_TYPE)
 
 

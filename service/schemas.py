@@ -39,6 +39,40 @@ class Source(StrEnum):
     NONE = "none"
 
 
+K = Annotated[int, Meta(ge=1, le=MAX_K, description=f"number of items (1-{MAX_K})", examples=[10])]
+
+
+class RecommendationParams(msgspec.Struct, frozen=True, kw_only=True):
+    """Path and query parameters of ``GET /v1/users/{user_id}/recommendations`` (see :mod:`service.params`)."""
+
+    user_id: UserId
+    k: K = 10
+    category: (
+        Annotated[
+            str, Meta(max_length=MAX_ID_LENGTH, description="context category: its popular list is the first fallback")
+        ]
+        | None
+    ) = None
+    exclude: (
+        Annotated[
+            str,
+            Meta(
+                max_length=MAX_EXCLUDE * (MAX_ID_LENGTH + 1),
+                description=f"comma-separated item ids to leave out (at most {MAX_EXCLUDE})",
+                examples=["85123A,71053"],
+            ),
+        ]
+        | None
+    ) = None
+
+
+class SimilarParams(msgspec.Struct, frozen=True, kw_only=True):
+    """Path and query parameters of ``GET /v1/items/{item_id}/similar``."""
+
+    item_id: Id
+    k: K = 10
+
+
 class RecommendedItem(msgspec.Struct, frozen=True, kw_only=True):
     """One recommended item. ``reason``: personalized, because_you_viewed:ITEM,
     popular_in_category:CAT, popular_in_segment:SEG or popular."""

@@ -7,7 +7,8 @@ The recommendation hot path is one Lua script call (:data:`USER_STATE_LUA`): it 
 record and, in the version the caller expects, the users' published payloads, their real-time state
 and the similar-items lists of their recent items, atomically. Requests that ask in the same
 event-loop tick share one call (:meth:`Store.user_state`): a redis-py round trip costs far more CPU
-than the script's work for one more user.
+than the script's work for one more user. A call goes out only while fewer than
+:data:`MAX_IN_FLIGHT` are under way; requests that ask meanwhile wait and go together in the next one.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ MAX_SEEDS: Final = 5
 """Recent items whose similar-items lists are read for "because you viewed"."""
 MAX_BATCH: Final = 128
 """Users per script call at most (Redis runs nothing else meanwhile; ~10 µs per user)."""
+MAX_IN_FLIGHT: Final = 2
+"""Script calls under way at once. One more than one: while Redis runs a call, the next batch is already
+sent, so the service does not sit idle waiting for a reply. More would only make batches smaller."""
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 _RECENT_TYPES = frozenset({EventType.VIEW, EventType.ADD_TO_CART})
 
@@ -137,9 +141,10 @@ class Store:
     async def user_state(self, user_id: str, version: int) -> tuple[ActiveVersion | None, UserState]:
         """The active version and ``user_id``'s state read in ``version`` (valid only if that is the active one).
 
-        Requests share script calls: the requests that ask while a call is under way wait for it to end
-        and then go together in the next one; with none under way, the call goes out on the next
-        event-loop tick. Under load batches grow by themselves; an idle service adds no wait.
+        Requests share script calls: the requests of one event-loop tick go together in one call, sent on
+        the next tick; while :data:`MAX_IN_FLIGHT` calls are under way, the requests that ask wait for one
+        to end and then go together in the next. Under load batches grow by themselves; an idle service
+        adds no wait.
         """
         future: asyncio.Future[tuple[ActiveVersion | None, UserState]] = asyncio.get_running_loop().create_future()
         self._pending.setdefault(version, []).append((user_id, future))
@@ -147,7 +152,7 @@ class Store:
         return await future
 
     def _schedule_flush(self) -> None:
-        if self._pending and not self._flush_scheduled and not self._batches:
+        if self._pending and not self._flush_scheduled and len(self._batches) < MAX_IN_FLIGHT:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 

@@ -8,12 +8,14 @@ toys A C B; books D E F; garden H; vip A C B; bargain D B. Similar: A → B C; B
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 import pytest
@@ -26,9 +28,10 @@ from service.app import create_app
 from service.contract import ActiveVersion, ContractError, ItemMeta, Keys, RecList, UserRecs, decode, encode
 from service.engine import Engine, Query, VersionCache
 from service.metrics import Metrics
+from service.params import query_pairs
 from service.ranking import because_you_viewed, candidates, from_list, pick
 from service.schemas import MAX_BATCH, Source
-from service.store import Store
+from service.store import MAX_IN_FLIGHT, Store
 from tests.conftest import TINY_SCORES, StaticConfig, StaticModel, TinyStore, free_port
 from training.models.base import TrainData
 from training.publish import PublishInfo, PublishProgress, PublishSummary, publish
@@ -325,6 +328,53 @@ def test_concurrent_requests_share_one_script_call(published: PublishSummary, re
     assert calls == [["u1", "u3", "u9", "stranger"]]
 
 
+class GatedStore(RecordingStore):
+    """Each script call waits until the test opens it; ``started`` tells the test a call has begun."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        super().__init__(client)
+        self.gates: list[asyncio.Event] = []
+        self.started: asyncio.Queue[list[str]] = asyncio.Queue()
+
+    async def read_users(self, version: int, user_ids: Sequence[str]) -> tuple[Any, Any]:
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        self.started.put_nowait(list(user_ids))
+        await gate.wait()
+        return await super().read_users(version, user_ids)
+
+
+def test_requests_wait_while_two_script_calls_are_under_way(published: PublishSummary, redis_url: str) -> None:
+    """u1 and u3 each get a call of their own (two may be under way); u9 and the stranger ask while both
+    are running, so they wait and then share the next call."""
+    assert MAX_IN_FLIGHT == 2
+
+    async def read() -> tuple[list[list[str]], list[list[str]]]:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            store = GatedStore(client)
+            engine = Engine(store, Metrics())
+            engine.cache.observe(decode(await client.get(Keys.ACTIVE) or b"", ActiveVersion))
+            started = functools.partial(asyncio.wait_for, timeout=30)  # a hang is a failure, not a stuck suite
+            first = asyncio.ensure_future(engine.recommend(Query("u1", 3)))
+            assert await started(store.started.get()) == ["u1"]
+            second = asyncio.ensure_future(engine.recommend(Query("u3", 3)))
+            assert await started(store.started.get()) == ["u3"]
+            rest = [asyncio.ensure_future(engine.recommend(Query(u, 3))) for u in ["u9", "stranger"]]
+            store.gates[0].set()
+            assert await started(store.started.get()) == ["u9", "stranger"]  # sent once the first call ended
+            for gate in store.gates[1:]:
+                gate.set()
+            outs = await asyncio.gather(first, second, *rest)
+            return [[i.item_id for i in out.items] for out in outs], store.calls
+        finally:
+            await client.aclose()
+
+    answers, calls = asyncio.run(read())
+    assert answers == [["C", "B", "D"], ["A", "B", "C"], ["D", "B", "A"], ["A", "D", "C"]]
+    assert calls == [["u1"], ["u3"], ["u9", "stranger"]]
+
+
 def test_an_unreadable_payload_fails_only_its_own_request(
     published: PublishSummary, redis_url: str, redis_client: redis.Redis
 ) -> None:
@@ -401,6 +451,8 @@ EVENT = {"user_id": "u1", "item_id": "A", "event_type": "view"}
         (RECS.format("u1") + "?k=0", "k"),
         (RECS.format("u1") + "?k=101", "k"),
         (RECS.format("u1") + "?k=ten", "k"),
+        (RECS.format("u1") + "?k=", "k"),
+        (RECS.format("u1") + "?k=3&k=4", "k"),
         (RECS.format(LONG_ID), "user_id"),
         (RECS.format("u1") + "?exclude=" + ",".join(f"i{n}" for n in range(101)), "exclude"),
         (RECS.format("u1") + "?exclude=" + LONG_ID, "exclude"),
@@ -496,6 +548,41 @@ def test_the_openapi_schema_lists_the_api(client: TestClient[Any]) -> None:
     }  # fmt: skip
     assert schema["components"]["securitySchemes"]["apiKey"]["name"] == "X-API-Key"
     assert "RecommendationsOut" in schema["components"]["schemas"]
+
+
+def test_the_openapi_schema_documents_the_parameters_that_are_validated(client: TestClient[Any]) -> None:
+    """The parameters come from the same Structs that validate them (service.params)."""
+    schema = client.get("/schema/openapi.json").json()
+
+    def params(path: str) -> dict[str, Any]:
+        return {p["name"]: p for p in schema["paths"][path]["get"]["parameters"]}
+
+    recs, similar = params("/v1/users/{user_id}/recommendations"), params("/v1/items/{item_id}/similar")
+    assert list(recs) == ["user_id", "k", "category", "exclude"]
+    assert (recs["user_id"]["in"], recs["user_id"]["required"]) == ("path", True)
+    assert recs["user_id"]["schema"] == {"type": "string", "minLength": 1, "maxLength": 128, "examples": ["17850"]}
+    assert all(recs[name]["in"] == "query" and not recs[name]["required"] for name in ["k", "category", "exclude"])
+    k = recs["k"]["schema"]
+    assert (k["type"], k["minimum"], k["maximum"], k["default"]) == ("integer", 1, 100, 10)
+    assert recs["k"]["examples"] == {"k-example-1": {"value": 10}}
+    assert (recs["category"]["schema"]["type"], recs["category"]["schema"]["maxLength"]) == ("string", 128)
+    assert recs["exclude"]["description"].startswith("comma-separated item ids")
+    assert list(similar) == ["item_id", "k"]
+    assert similar["k"] == recs["k"]
+
+
+def test_unknown_query_parameters_are_ignored(client: TestClient[Any]) -> None:
+    response = client.get(RECS.format("u1") + "?k=2&utm_source=mail&user_id=u3")  # the path's user_id wins
+    assert response.status_code == 200, response.text
+    assert (response.json()["user_id"], len(response.json()["items"])) == ("u1", 2)
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["k=10", "", "k", "k=", "a=1&&b=2", "category=caf%C3%A9&exclude=a%2Cb", "exclude=a+b", "k=1=2", "&k=3&"],
+)
+def test_the_fast_query_split_agrees_with_parse_qsl(query: str) -> None:
+    assert query_pairs(query) == parse_qsl(query, keep_blank_values=True)
 
 
 def test_published_payloads_hold_external_ids_only(published: PublishSummary, redis_client: redis.Redis) -> None:
