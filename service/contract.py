@@ -32,17 +32,21 @@ fields are left out, ``timestamp`` is ISO-8601 UTC.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 import msgspec
 
 from features.columns import Columns
 
 PREFIX: Final = "tailor"
-SCHEMA_VERSION: Final = 1
-"""Bumped when a payload changes incompatibly; the service refuses versions it cannot read."""
+SCHEMA_VERSION: Final = 2
+"""Bumped when a payload changes incompatibly; the service refuses versions it cannot read.
+2: ranked lists keep entries past :data:`HEAD_SIZE` in ``rest`` (1 had them all in ``items``)."""
+HEAD_SIZE: Final = 24
+"""Entries of a ranked list decoded with it; the rest stay encoded until a reader walks past them."""
 
 EVENT_STREAM_MAXLEN: Final = 1_000_000
 """Approximate cap of the event stream (``XADD MAXLEN ~``): older entries are trimmed."""
@@ -125,15 +129,54 @@ class Keys:
         return key("rt", "recent", user_id)
 
 
+_NO_REST: Final = msgspec.Raw()
+
+
 class RecList(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """A ranked list of external item ids with their scores, best first (same length)."""
+    """A ranked list of external item ids with their scores, best first, stored in two parts.
+
+    ``items``/``scores`` (same length) hold the first :data:`HEAD_SIZE` entries; ``rest`` holds the others
+    as one embedded ``RecList`` (of those entries only, without a rest of its own), left encoded
+    (``msgspec.Raw``; empty when the list is short). A page of 10
+    reads the head only, so a reader decodes ~24 entries instead of the published top-100: decoding was
+    the largest cost of a recommendation in the service. Build lists with :meth:`of`; read them whole
+    with :meth:`entries`.
+    """
 
     items: list[str]
     scores: list[float]
+    rest: msgspec.Raw = _NO_REST
+
+    def __post_init__(self) -> None:
+        # msgspec leaves a default out of a payload only if it is the default *object*; another empty Raw
+        # would be written as a key without a value (invalid msgpack).
+        if not self.rest and self.rest is not _NO_REST:
+            msgspec.structs.force_setattr(self, "rest", _NO_REST)
+
+    @classmethod
+    def of(cls, items: Sequence[str], scores: Sequence[float], **fields: Any) -> Self:
+        """The list of ``items``/``scores`` (best first) split into head and rest; ``fields``: a subclass's."""
+        if len(items) != len(scores):
+            raise ContractError(f"a ranked list needs one score per item: {len(items)} items, {len(scores)} scores")
+        rest = _NO_REST
+        if len(items) > HEAD_SIZE:
+            rest = msgspec.Raw(encode(RecList(items=list(items[HEAD_SIZE:]), scores=list(scores[HEAD_SIZE:]))))
+        return cls(items=list(items[:HEAD_SIZE]), scores=list(scores[:HEAD_SIZE]), rest=rest, **fields)
+
+    def tail(self) -> RecList | None:
+        """The entries after the head (decoded now), or None if there are none."""
+        return decode(self.rest, RecList, where="the rest of a ranked list") if self.rest else None
+
+    def entries(self) -> Iterator[tuple[str, float]]:
+        """Every ``(item, score)``, best first; the rest is decoded only when the iteration reaches it."""
+        yield from zip(self.items, self.scores, strict=True)
+        tail = self.tail()
+        if tail is not None:
+            yield from zip(tail.items, tail.scores, strict=True)
 
 
 class UserRecs(RecList, frozen=True, kw_only=True, omit_defaults=True):
-    """A user's precomputed list; ``items`` may be empty for users only known by their segment.
+    """A user's precomputed list (a :class:`RecList`); empty for users only known by their segment.
 
     ``bought`` holds (up to :data:`BOUGHT_MAX`) items the user bought before the publish, so the
     service keeps them out of fallback top-ups too, not only out of the precomputed list.

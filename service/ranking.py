@@ -12,7 +12,7 @@ lazily as plain tuples, and :func:`pick` stops as soon as it has ``k`` items.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from itertools import repeat, zip_longest
+from itertools import chain, repeat, zip_longest
 from typing import NamedTuple
 
 from service.contract import ItemMeta, RecList
@@ -54,14 +54,25 @@ def because_you_viewed(seeds: Sequence[str], similar: Sequence[RecList | None]) 
 
 
 def candidates(stream: Stream) -> Iterator[tuple[str, float, str]]:
-    """``(item, score, reason)`` of a stream in order, built lazily (a request reads only a few)."""
-    lanes = [
-        zip(rec.items, rec.scores, repeat(reason)) for rec, reason in zip(stream.lanes, stream.reasons, strict=True)
-    ]
+    """``(item, score, reason)`` of a stream in order, built lazily (a request reads only a few): a list's
+    encoded rest (past its first :data:`~service.contract.HEAD_SIZE` entries) is decoded only if reached."""
+    lanes = [_lane(rec, reason) for rec, reason in zip(stream.lanes, stream.reasons, strict=True)]
     if len(lanes) == 1 and not stream.skip:
         return lanes[0]
     merged = (c for row in zip_longest(*lanes) for c in row if c is not None)
     return (c for c in merged if c[0] not in stream.skip) if stream.skip else merged
+
+
+def _lane(rec: RecList, reason: str) -> Iterator[tuple[str, float, str]]:
+    head = zip(rec.items, rec.scores, repeat(reason))
+    return chain(head, _rest(rec, reason)) if rec.rest else head
+
+
+def _rest(rec: RecList, reason: str) -> Iterator[tuple[str, float, str]]:
+    """A generator: nothing is decoded until the first entry past the head is asked for."""
+    tail = rec.tail()
+    if tail is not None:
+        yield from zip(tail.items, tail.scores, repeat(reason))
 
 
 def pick(

@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from service.contract import (
+    HEAD_SIZE,
     SCHEMA_VERSION,
     ActiveVersion,
     ContractError,
@@ -63,6 +64,7 @@ def test_a_version_namespace_covers_its_keys_only() -> None:
     "payload",
     [
         RecList(items=["a", "b"], scores=[2.0, 1.0]),
+        RecList.of([str(n) for n in range(100)], [float(n) for n in range(100)]),
         UserRecs(items=["a"], scores=[1.5], segment="vip", bought=["z"]),
         UserRecs(items=[], scores=[]),
         ItemMeta(available=False, category="toys"),
@@ -78,6 +80,27 @@ def test_defaults_are_left_out_of_payloads_but_the_schema_is_not() -> None:
     assert msgspec.msgpack.decode(encode(UserRecs(items=["a"], scores=[1.0]))) == {"items": ["a"], "scores": [1.0]}
     active = ActiveVersion(version=1, model_name="m", model_version="1", run_id="r", generated_at=AT, users=1, items=1)
     assert msgspec.msgpack.decode(encode(active))["schema"] == SCHEMA_VERSION
+
+
+def test_a_long_list_keeps_its_head_decoded_and_its_rest_encoded() -> None:
+    items, scores = [f"i{n}" for n in range(HEAD_SIZE + 6)], [float(-n) for n in range(HEAD_SIZE + 6)]
+    rec = decode(encode(UserRecs.of(items, scores, segment="vip")), UserRecs)
+    assert (rec.items, rec.scores, rec.segment) == (items[:HEAD_SIZE], scores[:HEAD_SIZE], "vip")
+    assert msgspec.msgpack.decode(rec.rest) == {"items": items[HEAD_SIZE:], "scores": scores[HEAD_SIZE:]}
+    assert list(rec.entries()) == list(zip(items, scores, strict=True))
+    short = RecList.of(items[:HEAD_SIZE], scores[:HEAD_SIZE])
+    assert (short.tail(), msgspec.msgpack.decode(encode(short))) == (None, {"items": items[:24], "scores": scores[:24]})
+
+
+def test_an_empty_rest_is_left_out_whoever_built_it() -> None:
+    """msgspec omits a default only if it is the default object; an empty Raw would be a key without a value."""
+    rec = RecList(items=["a"], scores=[1.0], rest=msgspec.Raw())
+    assert msgspec.msgpack.decode(encode(rec)) == {"items": ["a"], "scores": [1.0]}
+
+
+def test_a_ranked_list_needs_a_score_per_item() -> None:
+    with pytest.raises(ContractError, match="2 items, 1 scores"):
+        RecList.of(["a", "b"], [1.0])
 
 
 def test_a_user_payload_reads_as_a_plain_list() -> None:

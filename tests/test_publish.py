@@ -14,6 +14,7 @@ import redis
 
 from features.matrix import build_matrix
 from service.contract import (
+    HEAD_SIZE,
     ActiveVersion,
     ItemMeta,
     Keys,
@@ -22,6 +23,7 @@ from service.contract import (
     VersionState,
     VersionStatus,
     decode,
+    encode,
 )
 from tests.conftest import TINY_SCORES, StaticConfig, StaticModel, TinyStore
 from training.models.base import Recommendations, TrainData, get_model_class
@@ -36,6 +38,7 @@ from training.publish import (
     encode_lists,
     msgpack_strings,
     publish,
+    significant,
     write_user_lists,
 )
 
@@ -262,41 +265,57 @@ def test_msgpack_strings_refuse_lone_surrogates() -> None:
         msgpack_strings(np.array(["ok", "bad\ud800"]))
 
 
-def test_encoded_lists_equal_msgspec_lists_and_drop_invalid_entries() -> None:
-    ids = np.array([[f"i{j}" for j in range(20)], ["é"] + [""] * 19])
-    scores = np.full((2, 20), -np.inf, dtype=np.float32)
-    scores[0], scores[1, 0] = np.arange(20, 0, -1, dtype=np.float32) / 4, np.float32(0.9)
+@pytest.mark.parametrize("width", [20, HEAD_SIZE + 1, 300])
+def test_encoded_lists_equal_msgspec_lists_and_drop_invalid_entries(width: int) -> None:
+    """Head and rest split at HEAD_SIZE valid entries, byte for byte what msgspec writes for RecList.of."""
+    ids = np.array([[f"i{j}" for j in range(width)], ["é"] + [""] * (width - 1), [f"x{j}" for j in range(width)]])
+    scores = np.full((3, width), -np.inf, dtype=np.float32)
+    scores[0], scores[1, 0], scores[2] = np.arange(width, 0, -1, dtype=np.float32) / 4, np.float32(0.9), 1.0
     valid = ids != ""
     valid[0, 3] = False  # an entry dropped mid-row (as items missing from the catalogue are)
-    (items0, scores0), (items1, scores1) = encode_lists(ids, scores, valid)
-    kept = [j for j in range(20) if j != 3]  # 19 entries: an array16 header, not a fixarray
-    assert bytes(items0) == msgspec.msgpack.encode([f"i{j}" for j in kept])
-    assert bytes(scores0) == msgspec.msgpack.encode([(20 - j) / 4 for j in kept])
-    assert (bytes(items1), bytes(scores1)) == (msgspec.msgpack.encode(["é"]), msgspec.msgpack.encode([0.9]))
+    rows = encode_lists(ids, scores, valid)
+    kept = [j for j in range(width) if j != 3]
+    expected = [
+        RecList.of([f"i{j}" for j in kept], [(width - j) / 4 for j in kept]),
+        RecList.of(["é"], [0.9]),
+        RecList.of([f"x{j}" for j in range(width)], [1.0] * width),
+    ]
+    for encoded, want in zip(rows, expected, strict=True):
+        parts = {"items": encoded.items, "scores": encoded.scores, **({"rest": encoded.rest} if encoded.rest else {})}
+        assert msgspec.msgpack.encode(parts) == encode(want)
+        assert bool(encoded.rest) == (len(list(want.entries())) > HEAD_SIZE)
 
 
 def test_written_user_lists_decode_to_the_plain_structs(redis_client: redis.Redis) -> None:
     """Fast payloads are byte for byte the plain msgspec encoding of the same UserRecs."""
     recs = Recommendations(
-        query_ids=np.array(["u1", "ü2", "u3", "u 4"]),
-        item_ids=np.array([["A", "中文", "🛒"], ["B", "", ""], ["", "", ""], ["C", "k" * 40, "D"]]),
+        query_ids=np.array(["u1", "ü2", "u3", "u 4", "u5"]),
+        item_ids=np.array(
+            [["A", "中文", "🛒"], ["B", "", ""], ["", "", ""], ["C", "k" * 40, "D"], ["E", "F", "G"]], dtype="<U40"
+        ),
         scores=np.array(
-            [[0.9, 0.8, 0.7], [2.5, -np.inf, -np.inf], [-np.inf] * 3, [1e-8, 0.0, -3.25]], dtype=np.float32
+            [[0.9, 0.8, 0.7], [2.5, -np.inf, -np.inf], [-np.inf] * 3, [1e-8, 0.0, -3.25], [3.0, 2.0, 1.0]],
+            dtype=np.float32,
         ),
     )
+    long_ids = np.array([[f"L{n}" for n in range(HEAD_SIZE + 5)]])
+    long = Recommendations(np.array(["u6"]), long_ids, np.linspace(1, 0, HEAD_SIZE + 5, dtype=np.float32)[None, :])
     writer = BatchWriter(redis_client)
-    write_user_lists(writer, 7, recs, {"u1": "vip", "u3": "bargain"}, [["X"], [], ["Y", "Z"], []])
+    write_user_lists(writer, 7, recs, {"u1": "vip", "u3": "bargain"}, [["X"], [], ["Y", "Z"], [], []])
+    write_user_lists(writer, 7, long, {"u6": "vip"})
     expected = {
         "u1": UserRecs(items=["A", "中文", "🛒"], scores=[0.9, 0.8, 0.7], segment="vip", bought=["X"]),
         "ü2": UserRecs(items=["B"], scores=[2.5]),
         "u3": UserRecs(items=[], scores=[], segment="bargain", bought=["Y", "Z"]),
         "u 4": UserRecs(items=["C", "k" * 40, "D"], scores=[1e-8, 0.0, -3.25]),
+        "u5": UserRecs(items=["E", "F", "G"], scores=[3.0, 2.0, 1.0]),
+        "u6": UserRecs.of(long_ids[0].tolist(), significant(long.scores[0]).tolist(), segment="vip"),
     }
     for user_id, want in expected.items():
         raw = redis_client.get(Keys.user(7, user_id))
         assert raw == msgspec.msgpack.encode(want)
         assert decode(raw, UserRecs) == want
-    assert (writer.keys, redis_client.dbsize()) == (4, 4)
+    assert (writer.keys, redis_client.dbsize()) == (6, 6)
 
 
 def test_a_failed_background_send_is_raised(redis_client: redis.Redis) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
+import msgspec
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -25,7 +26,7 @@ from litestar.testing import TestClient
 
 from features.settings import Settings
 from service.app import create_app
-from service.contract import ActiveVersion, ContractError, ItemMeta, Keys, RecList, UserRecs, decode, encode
+from service.contract import HEAD_SIZE, ActiveVersion, ContractError, ItemMeta, Keys, RecList, UserRecs, decode, encode
 from service.engine import Engine, Query, VersionCache
 from service.metrics import Metrics
 from service.params import query_pairs
@@ -608,6 +609,19 @@ def test_because_you_viewed_interleaves_seeds_and_skips_them() -> None:
         ("y", "because_you_viewed:a"),
     ]  # fmt: skip  ("a" is a seed; the duplicate "x" is skipped later by ranking.pick)
     assert [score for _, score, _ in candidates(merged)] == [3, 5, 4, 1]
+
+
+def test_pick_reads_a_lists_encoded_rest_only_when_it_gets_there() -> None:
+    items = [f"i{n:02d}" for n in range(HEAD_SIZE + 10)]
+    whole = RecList.of(items, [float(-n) for n in range(len(items))])
+    meta: dict[str, ItemMeta | None] = {item: ItemMeta(available=n % 2 == 0) for n, item in enumerate(items)}
+    chosen, _ = pick([from_list(whole, "r", Source.PERSONALIZED)], set(), meta, 15, lookahead=32)
+    assert [c[0] for c in chosen] == items[0::2][:15]  # 12 available in the head, 3 from the rest
+    broken = RecList(items=whole.items, scores=whole.scores, rest=msgspec.Raw(b"\xc1"))  # not msgpack
+    chosen, _ = pick([from_list(broken, "r", Source.PERSONALIZED)], set(), meta, 10, lookahead=32)
+    assert len(chosen) == 10  # the head was enough: the rest was never decoded
+    with pytest.raises(ContractError, match="the rest of a ranked list"):
+        pick([from_list(broken, "r", Source.PERSONALIZED)], set(), meta, 15, lookahead=32)
 
 
 def test_pick_asks_for_unknown_metadata_before_going_past_it() -> None:

@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import msgspec
 import numpy as np
@@ -55,6 +55,7 @@ from features.matrix import MatrixConfig, build_matrix
 from features.settings import Settings
 from service.contract import (
     BOUGHT_MAX,
+    HEAD_SIZE,
     ActiveVersion,
     ItemMeta,
     Keys,
@@ -368,7 +369,7 @@ def _grouped_lists(ranked: pl.DataFrame, column: str, size: int) -> dict[str, Re
     top = ranked.filter(pl.int_range(pl.len()).over(column) < size)
     grouped = top.group_by(column, maintain_order=True).agg(pl.col(Columns.ITEM), pl.col("recent"))
     columns = (grouped[column].to_list(), grouped[Columns.ITEM].to_list(), grouped["recent"].to_list())
-    return {str(name): RecList(items=items, scores=scores) for name, items, scores in zip(*columns, strict=True)}
+    return {str(name): RecList.of(items, scores) for name, items, scores in zip(*columns, strict=True)}
 
 
 def _segment_lists(
@@ -388,7 +389,7 @@ def _segment_lists(
 
 
 def _rec_list(ranked: pl.DataFrame) -> RecList:
-    return RecList(items=ranked[Columns.ITEM].to_list(), scores=ranked["recent"].to_list())
+    return RecList.of(ranked[Columns.ITEM].to_list(), ranked["recent"].to_list())
 
 
 def item_metadata(catalogue: pl.DataFrame) -> dict[str, ItemMeta]:
@@ -640,9 +641,8 @@ class _Job:
         valid &= np.cumsum(valid, axis=1) <= self.top_n
         prefix = Keys.similar(self.version, "")  # the item id is the key's last part
         lists = encode_lists(recs.item_ids, recs.scores, valid)
-        for item, (similar, scores) in zip(recs.query_ids.tolist(), lists, strict=True):
-            raw = cast(tuple[list[str], list[float]], (similar, scores))  # Raw lists: see _user_payload
-            self.writer.set(prefix + item, encode(RecList(items=raw[0], scores=raw[1])))
+        for item, encoded in zip(recs.query_ids.tolist(), lists, strict=True):
+            self.writer.set(prefix + item, encode(RecList(**_raw_fields(encoded))))  # Raw lists: see _user_payload
 
     def _switch(self, n_users: int, n_items: int) -> None:
         active = ActiveVersion(
@@ -694,22 +694,26 @@ def write_user_lists(
     for start in range(0, len(recs.query_ids), ROWS_PER_SEND):
         rows = slice(start, start + ROWS_PER_SEND)
         lists = encode_lists(recs.item_ids[rows], recs.scores[rows], recs.item_ids[rows] != "")
-        for row, (user, (items, scores)) in enumerate(zip(recs.query_ids[rows].tolist(), lists, strict=True)):
+        for row, (user, encoded) in enumerate(zip(recs.query_ids[rows].tolist(), lists, strict=True)):
             past = bought[start + row] if bought else []
-            writer.set(prefix + user, _user_payload(items, scores, segments.get(user), past))
+            writer.set(prefix + user, _user_payload(encoded, segments.get(user), past))
         writer.send()
     if wait:
         writer.flush()
 
 
-def _user_payload(items: msgspec.Raw, scores: msgspec.Raw, segment: str | None, bought: list[str]) -> bytes:
-    """A :class:`UserRecs` payload whose two lists are already msgpack.
+def _user_payload(encoded: EncodedList, segment: str | None, bought: list[str]) -> bytes:
+    """A :class:`UserRecs` payload whose list parts are already msgpack.
 
     The Struct itself is encoded (msgspec writes ``Raw`` values verbatim and does not check field
     types when encoding), so field names, order and omitted defaults stay exactly the contract's.
     """
-    lists = cast(tuple[list[str], list[float]], (items, scores))
-    return encode(UserRecs(items=lists[0], scores=lists[1], segment=segment, bought=bought))
+    return encode(UserRecs(**_raw_fields(encoded), segment=segment, bought=bought))
+
+
+def _raw_fields(encoded: EncodedList) -> dict[str, Any]:
+    """``items``/``scores``/``rest`` keyword arguments of a RecList, the lists given as Raw msgpack arrays."""
+    return {"items": encoded.items, "scores": encoded.scores, "rest": encoded.rest}
 
 
 # --- list encoding ----------------------------------------------------------------------------------------
@@ -725,24 +729,51 @@ _STR_HEADER_SIZES: Final = np.array([1, 2, 3, 5], dtype=np.int64)
 _UTF8_LEAD: Final = np.array([0, 0, 0xC0, 0xE0, 0xF0], dtype=np.uint32)  # by number of bytes per code point
 
 
+class EncodedList(NamedTuple):
+    """One row's :class:`RecList` parts already in msgpack: the head's two arrays and the encoded rest."""
+
+    items: msgspec.Raw
+    scores: msgspec.Raw
+    rest: msgspec.Raw
+
+
+_REST_ITEMS: Final = b"\x82\xa5items"  # a 2-entry map, then the key "items" (fixstr)
+_REST_SCORES: Final = b"\xa6scores"
+
+
 def encode_lists(
     item_ids: npt.NDArray[np.str_], scores: npt.NDArray[np.floating[Any]], valid: npt.NDArray[np.bool_]
-) -> list[tuple[msgspec.Raw, msgspec.Raw]]:
-    """Per row, msgpack arrays of its ``valid`` item ids and :func:`significant` scores, in column order.
+) -> list[EncodedList]:
+    """Per row, its ``valid`` item ids and :func:`significant` scores, in column order, as a ranked list's
+    parts: the first :data:`HEAD_SIZE` as two msgpack arrays, the others as an encoded ``RecList``.
 
-    Equal to ``msgspec.msgpack.encode(list)`` of the same row's ``str``/``float`` values.
+    Equal to what msgspec writes for ``RecList.of(items, scores)`` of the same row's ``str``/``float`` values.
     """
     counts = valid.sum(axis=1)
-    heads = [_array_header(count) for count in counts.tolist()]
+    heads = np.minimum(counts, HEAD_SIZE)
     item_blob, item_sizes = msgpack_strings(item_ids[valid])
-    row_bytes = np.bincount(np.repeat(np.arange(len(counts)), counts), weights=item_sizes, minlength=len(counts))
+    item_ends = np.concatenate([[0], np.cumsum(item_sizes, dtype=np.int64)])  # byte offset after each id
+    first = np.cumsum(counts) - counts  # index of each row's first id among the valid ones
+    i_start, i_mid, i_end = (item_ends[first + n].tolist() for n in (0, heads, counts))
     score_blob = _msgpack_floats(significant(scores)[valid])
-    return [
-        (msgspec.Raw(head + item_blob[i_start:i_end]), msgspec.Raw(head + score_blob[s_start:s_end]))
-        for head, i_start, i_end, s_start, s_end in zip(
-            heads, *_bounds(row_bytes.astype(np.int64)), *_bounds(counts * _FLOAT64.itemsize), strict=True
+    s_start, s_mid, s_end = (((first + n) * _FLOAT64.itemsize).tolist() for n in (0, heads, counts))
+    out = []
+    for row, (count, head) in enumerate(zip(counts.tolist(), heads.tolist(), strict=True)):
+        rest = msgspec.Raw()  # empty: RecList leaves it out of the payload
+        if count > head:
+            tail = _array_header(count - head)
+            rest = msgspec.Raw(
+                b"".join([_REST_ITEMS, tail, item_blob[i_mid[row] : i_end[row]], _REST_SCORES, tail,
+                          score_blob[s_mid[row] : s_end[row]]])
+            )  # fmt: skip
+        out.append(
+            EncodedList(
+                msgspec.Raw(_array_header(head) + item_blob[i_start[row] : i_mid[row]]),
+                msgspec.Raw(_array_header(head) + score_blob[s_start[row] : s_mid[row]]),
+                rest,
+            )
         )
-    ]
+    return out
 
 
 def msgpack_strings(ids: npt.NDArray[np.str_]) -> tuple[bytes, npt.NDArray[np.int64]]:
