@@ -38,6 +38,7 @@ from enum import StrEnum
 from typing import Any, Final, Self, TypeVar
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from features.columns import Columns
 
@@ -129,15 +130,12 @@ class Keys:
         return key("rt", "recent", user_id)
 
 
-_NO_REST: Final = msgspec.Raw()
-
-
 class RecList(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A ranked list of external item ids with their scores, best first, stored in two parts.
 
     ``items``/``scores`` (same length) hold the first :data:`HEAD_SIZE` entries; ``rest`` holds the others
     as one embedded ``RecList`` (of those entries only, without a rest of its own), left encoded
-    (``msgspec.Raw``; empty when the list is short). A page of 10
+    (``msgspec.Raw``; ``UNSET``, and absent from the payload, when the list is short). A page of 10
     reads the head only, so a reader decodes ~24 entries instead of the published top-100: decoding was
     the largest cost of a recommendation in the service. Build lists with :meth:`of`; read them whole
     with :meth:`entries`.
@@ -145,27 +143,21 @@ class RecList(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     items: list[str]
     scores: list[float]
-    rest: msgspec.Raw = _NO_REST
-
-    def __post_init__(self) -> None:
-        # msgspec leaves a default out of a payload only if it is the default *object*; another empty Raw
-        # would be written as a key without a value (invalid msgpack).
-        if not self.rest and self.rest is not _NO_REST:
-            msgspec.structs.force_setattr(self, "rest", _NO_REST)
+    rest: msgspec.Raw | UnsetType = UNSET
 
     @classmethod
     def of(cls, items: Sequence[str], scores: Sequence[float], **fields: Any) -> Self:
         """The list of ``items``/``scores`` (best first) split into head and rest; ``fields``: a subclass's."""
         if len(items) != len(scores):
             raise ContractError(f"a ranked list needs one score per item: {len(items)} items, {len(scores)} scores")
-        rest = _NO_REST
+        rest: msgspec.Raw | UnsetType = UNSET
         if len(items) > HEAD_SIZE:
             rest = msgspec.Raw(encode(RecList(items=list(items[HEAD_SIZE:]), scores=list(scores[HEAD_SIZE:]))))
         return cls(items=list(items[:HEAD_SIZE]), scores=list(scores[:HEAD_SIZE]), rest=rest, **fields)
 
     def tail(self) -> RecList | None:
         """The entries after the head (decoded now), or None if there are none."""
-        return decode(self.rest, RecList, where="the rest of a ranked list") if self.rest else None
+        return None if self.rest is UNSET else decode(self.rest, RecList, where="the rest of a ranked list")
 
     def entries(self) -> Iterator[tuple[str, float]]:
         """Every ``(item, score)``, best first; the rest is decoded only when the iteration reaches it."""

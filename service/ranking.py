@@ -15,6 +15,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from itertools import chain, repeat, zip_longest
 from typing import NamedTuple
 
+from msgspec import UNSET
+
 from service.contract import ItemMeta, RecList
 from service.schemas import Source
 
@@ -65,7 +67,7 @@ def candidates(stream: Stream) -> Iterator[tuple[str, float, str]]:
 
 def _lane(rec: RecList, reason: str) -> Iterator[tuple[str, float, str]]:
     head = zip(rec.items, rec.scores, repeat(reason))
-    return chain(head, _rest(rec, reason)) if rec.rest else head
+    return head if rec.rest is UNSET else chain(head, _rest(rec, reason))
 
 
 def _rest(rec: RecList, reason: str) -> Iterator[tuple[str, float, str]]:

@@ -36,6 +36,7 @@ from training.publish import (
     PublishSummary,
     active_version,
     encode_lists,
+    list_payload,
     msgpack_strings,
     publish,
     significant,
@@ -281,9 +282,8 @@ def test_encoded_lists_equal_msgspec_lists_and_drop_invalid_entries(width: int) 
         RecList.of([f"x{j}" for j in range(width)], [1.0] * width),
     ]
     for encoded, want in zip(rows, expected, strict=True):
-        parts = {"items": encoded.items, "scores": encoded.scores, **({"rest": encoded.rest} if encoded.rest else {})}
-        assert msgspec.msgpack.encode(parts) == encode(want)
-        assert bool(encoded.rest) == (len(list(want.entries())) > HEAD_SIZE)
+        assert list_payload(encoded) == encode(want)
+        assert (encoded[0] == 3) == (len(list(want.entries())) > HEAD_SIZE)  # three fields: items, scores, rest
 
 
 def test_written_user_lists_decode_to_the_plain_structs(redis_client: redis.Redis) -> None:
@@ -303,6 +303,7 @@ def test_written_user_lists_decode_to_the_plain_structs(redis_client: redis.Redi
     writer = BatchWriter(redis_client)
     write_user_lists(writer, 7, recs, {"u1": "vip", "u3": "bargain"}, [["X"], [], ["Y", "Z"], [], []])
     write_user_lists(writer, 7, long, {"u6": "vip"})
+    write_user_lists(writer, 7, Recommendations(np.array(["u7"]), long_ids, long.scores), None, [["Q"]])
     expected = {
         "u1": UserRecs(items=["A", "中文", "🛒"], scores=[0.9, 0.8, 0.7], segment="vip", bought=["X"]),
         "ü2": UserRecs(items=["B"], scores=[2.5]),
@@ -310,12 +311,13 @@ def test_written_user_lists_decode_to_the_plain_structs(redis_client: redis.Redi
         "u 4": UserRecs(items=["C", "k" * 40, "D"], scores=[1e-8, 0.0, -3.25]),
         "u5": UserRecs(items=["E", "F", "G"], scores=[3.0, 2.0, 1.0]),
         "u6": UserRecs.of(long_ids[0].tolist(), significant(long.scores[0]).tolist(), segment="vip"),
+        "u7": UserRecs.of(long_ids[0].tolist(), significant(long.scores[0]).tolist(), bought=["Q"]),
     }
     for user_id, want in expected.items():
         raw = redis_client.get(Keys.user(7, user_id))
         assert raw == msgspec.msgpack.encode(want)
         assert decode(raw, UserRecs) == want
-    assert (writer.keys, redis_client.dbsize()) == (6, 6)
+    assert (writer.keys, redis_client.dbsize()) == (7, 7)
 
 
 def test_a_failed_background_send_is_raised(redis_client: redis.Redis) -> None:
