@@ -48,7 +48,8 @@ def _redis_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCon
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         client = async_client(resolve_redis_url(settings), settings)
-        engine = Engine(Store(client), app.state.metrics)
+        store = Store(client)
+        engine = Engine(store, app.state.metrics)
         app.state.engine = engine
         await engine.warm_up()
         # Everything alive now (modules, the app, the outage copy) lives as long as the process: keep it
@@ -59,6 +60,7 @@ def _redis_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCon
             yield
         finally:
             gc.unfreeze()
+            await store.close()
             await client.aclose()
             await client.connection_pool.disconnect()
 

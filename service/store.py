@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -23,7 +23,7 @@ from typing import Any, Final
 import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from features.columns import Columns, EventType
@@ -124,7 +124,9 @@ class Store:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
-        self._execute: Callable[..., Awaitable[Any]] = client.execute_command  # typed: redis-py's is not
+        self._script_connections: list[Any] = []  # idle connections of the user-state script (redis-py's are untyped)
+        self._closing: set[asyncio.Future[None]] = set()
+        self._connect: Callable[[], Any] = client.connection_pool.make_connection  # a new, unconnected one
         self._pending: _Pending = {}
         self._batches: set[asyncio.Task[None]] = set()  # script calls under way
         self._flush_scheduled = False
@@ -194,19 +196,59 @@ class Store:
             RECENT_MAX, MAX_SEEDS, *user_ids,
         )  # fmt: skip
         with unreachable_as_unavailable():
-            # EVALSHA sent directly: redis-py's Script.__call__ adds per-call work (an import, tuple copies,
-            # a pipeline check) for the same command. NOSCRIPT (a restarted or flushed Redis): load, retry.
-            try:
-                raw = await self._execute("EVALSHA", _USER_STATE_SHA, 0, *args)
+            try:  # NOSCRIPT (a restarted or flushed Redis): load the script, call again
+                raw = await self._script_call(args)
             except NoScriptError:
                 await self.client.script_load(USER_STATE_LUA)
-                raw = await self._execute("EVALSHA", _USER_STATE_SHA, 0, *args)
+                raw = await self._script_call(args)
         try:
             active, states = _READ.decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             where = f"{Keys.ACTIVE} or a payload of version {version} for users {list(user_ids)[:5]}"
             raise ContractError(f"cannot decode {where}: {exc}") from exc
         return _readable(active), states
+
+    async def _script_call(self, args: tuple[str | int, ...]) -> Any:
+        """EVALSHA of the user-state script on a connection kept for it, not checked out of the pool.
+
+        A pooled ``execute_command`` wraps each call in a pool checkout and a retry helper that cost the
+        service more CPU than the call itself when batches are small (moderate load). Like the pool's
+        one retry, a connection that a Redis restart broke is replaced once, so the first request after
+        Redis is back is answered from it.
+        """
+        for attempt in (1, 2):
+            connection = self._script_connections.pop() if self._script_connections else self._connect()
+            try:
+                await connection.send_command("EVALSHA", _USER_STATE_SHA, 0, *args)
+                reply = await connection.read_response()
+            except ResponseError:  # a whole reply was read: the connection is fine
+                self._idle(connection)
+                raise
+            except (RedisConnectionError, OSError):
+                await connection.disconnect()
+                if attempt == 2:
+                    raise
+                continue
+            except BaseException:  # a timeout or a cancellation may leave half a reply unread: drop it
+                await connection.disconnect()
+                raise
+            self._idle(connection)
+            return reply
+        raise AssertionError("unreachable")
+
+    def _idle(self, connection: Any) -> None:
+        if len(self._script_connections) < MAX_IN_FLIGHT:
+            self._script_connections.append(connection)
+        else:  # more calls than usual were under way (a flush split a very large batch): keep only a few
+            self._closing.add(asyncio.ensure_future(connection.disconnect()))
+            self._closing = {task for task in self._closing if not task.done()}
+
+    async def close(self) -> None:
+        """Close the script connections (the pool is closed with the client)."""
+        connections, self._script_connections = self._script_connections, []
+        for connection in connections:
+            await connection.disconnect()
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def rec_lists(self, keys: Sequence[str]) -> list[RecList | None]:
         """Several ranked lists (fallback or similar-items lists) by key; None where absent."""

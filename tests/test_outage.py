@@ -57,6 +57,17 @@ def test_reads_degrade_to_memory_and_recover(client: TestClient[Any], own_redis:
     assert get(client, "/ready")[0] == 200
 
 
+def test_the_first_request_after_a_restart_nobody_saw_is_answered_from_redis(
+    client: TestClient[Any], own_redis: RedisHandle
+) -> None:
+    """The service's Redis connections broke while no request was made: the first one replaces them."""
+    assert get(client, "/v1/users/u1/recommendations?k=3")[1]["degraded"] is False
+    assert own_redis.stop()
+    own_redis.start()
+    status, body = get(client, "/v1/users/u1/recommendations?k=3")
+    assert (status, body["degraded"], [i["item_id"] for i in body["items"]]) == (200, False, ["C", "B", "D"])
+
+
 def test_events_during_an_outage_are_refused_with_503(client: TestClient[Any], own_redis: RedisHandle) -> None:
     own_redis.stop()
     response = client.post("/v1/events", json=EVENT)

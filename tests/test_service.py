@@ -376,6 +376,31 @@ def test_requests_wait_while_two_script_calls_are_under_way(published: PublishSu
     assert calls == [["u1"], ["u3"], ["u9", "stranger"]]
 
 
+def test_script_calls_reuse_their_connections(
+    published: PublishSummary, redis_url: str, redis_client: redis.Redis
+) -> None:
+    def connections_received() -> int:
+        return int(redis_client.info("stats")["total_connections_received"])
+
+    async def read() -> tuple[int, int]:
+        client = aioredis.Redis.from_url(redis_url)
+        store = Store(client)
+        try:
+            engine = Engine(store, Metrics())
+            await engine.warm_up()
+            opened = []
+            for _ in range(20):  # waves of 4 concurrent requests: one or two script calls each
+                await asyncio.gather(*(engine.recommend(Query(u, 3)) for u in ["u1", "u3", "u9", "stranger"]))
+                opened.append(connections_received())
+            return opened[0], opened[-1]
+        finally:
+            await store.close()
+            await client.aclose()
+
+    after_first_wave, after_last_wave = asyncio.run(read())
+    assert after_last_wave == after_first_wave  # later waves opened no connection
+
+
 def test_an_unreadable_payload_fails_only_its_own_request(
     published: PublishSummary, redis_url: str, redis_client: redis.Redis
 ) -> None:
