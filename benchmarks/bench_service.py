@@ -13,13 +13,14 @@ What runs, all on 127.0.0.1 and all bounded in count and time (every load loop s
    installed) and redis-py pipelined SETs / MSETs of pre-encoded bytes (always; the fallback).
 4. **Service**: one uvicorn worker running ``create_app`` (what ``tailor serve --workers 1`` runs) with
    two routes added to the *same* app by :func:`bench_app`: a constant-payload ceiling and a
-   constant-payload route with the recommendations handler's own signature.
+   constant-payload route with the recommendations handler's own request handling.
 5. **Load**: ``wrk`` (closed loop, a generated Lua script rotating over all published users / items,
    counting status codes) when installed, else :mod:`benchmarks.loadgen` (asyncio, keep-alive) — the
-   section says which. Ceiling, same-signature and recommendations runs alternate, best of N rounds;
-   then similar items, events (POST), recommendations at a fixed rate of half the best (and the ceiling
-   at that rate, as a reference) with :mod:`benchmarks.loadgen` in open-loop mode, and a
-   recommendations run during which redis-server is stopped and restarted. Every run also records the
+   section says which. Ceiling, same-signature and recommendations runs back to back in rounds of
+   alternating order (the median per-round ratio is judged); then similar items, events (POST),
+   recommendations at a fixed rate of half the best, each followed by the ceiling at that rate as a
+   reference (three such pairs, the median p99 judged) with :mod:`benchmarks.loadgen` in open-loop mode,
+   and a recommendations run during which redis-server is stopped and restarted. Every run also records the
    server's and Redis's CPU time per request, which other jobs on the machine barely disturb.
 """
 
@@ -51,6 +52,8 @@ TOP_N, K = 100, 10
 MODEL_CONFIG: dict[str, Any] = {"factors": 32, "iterations": 8, "random_state": 0}
 DURATION_S, QUICK_DURATION_S = 10.0, 3.0
 PAIRED_S, PAIRED_ROUNDS, QUICK_PAIRED_ROUNDS = 5.0, 8, 2
+HALF_ROUNDS = 3
+"""Fixed-rate runs at half the best recommendations rate, each followed by the ceiling at that rate."""
 """The ceiling / same-signature / recommendations runs: short runs back to back, many rounds."""
 CONNECTIONS = 32
 OUTAGE_S, QUICK_OUTAGE_S = 12.0, 6.0
@@ -586,8 +589,10 @@ class Results:
     ceiling_rps: list[float] = field(default_factory=list)  # per round
     similar: Load | None = None
     events: Load | None = None
-    half: Load | None = None
-    half_ceiling: Load | None = None
+    half: Load | None = None  # the fixed-rate run with the median p99
+    half_ceiling: Load | None = None  # the ceiling run paired with it
+    half_runs: list[Load] = field(default_factory=list)
+    half_ceiling_runs: list[Load] = field(default_factory=list)
     outage: Load | None = None
     after: Load | None = None
     outage_times: dict[str, float] = field(default_factory=dict)
@@ -684,10 +689,13 @@ def _load_runs(ctx: Ctx, runner: LoadRunner, redis_proc: RedisProc, results: Res
     ctx.log("  similar items")
     results.similar = runner.run(SIMILAR, duration)
     rate = results.best[RECS.name].rps / 2
-    ctx.log(f"  recommendations at a fixed {rate:,.0f} requests/s")
-    results.half = runner.finish(runner.start_fixed_rate(RECS, duration, rate))
-    ctx.log("  the ceiling at the same fixed rate (what the machine and the client add to p99)")
-    results.half_ceiling = runner.finish(runner.start_fixed_rate(CEILING, duration, rate))
+    for i in range(1 if ctx.quick else HALF_ROUNDS):
+        ctx.log(f"  recommendations, then the ceiling, at a fixed {rate:,.0f} requests/s, round {i + 1}")
+        results.half_runs.append(runner.finish(runner.start_fixed_rate(RECS, duration, rate)))
+        results.half_ceiling_runs.append(runner.finish(runner.start_fixed_rate(CEILING, duration, rate)))
+    by_p99 = sorted(range(len(results.half_runs)), key=lambda i: results.half_runs[i].p99_ms)
+    middle = by_p99[len(by_p99) // 2]  # the run with the median p99 (and its paired ceiling run) for the table
+    results.half, results.half_ceiling = results.half_runs[middle], results.half_ceiling_runs[middle]
     ctx.log("  events")
     results.events = runner.run(EVENTS, duration)
     _outage_run(ctx, runner, redis_proc, results)
@@ -791,8 +799,8 @@ def _http_table(r: Results) -> str:
         (f"**recommendations** `GET {RECS_PATH}`", r.best.get(RECS.name)),
         (f"similar items `GET {SIMILAR_PATH}`", r.similar),
         (f"events `POST {EVENTS_PATH}` (one view)", r.events),
-        ("**recommendations** at a fixed rate (½ the best)", r.half),
-        ("ceiling at the same fixed rate (reference)", r.half_ceiling),
+        ("**recommendations** at a fixed rate (½ the best; the run with the median p99)", r.half),
+        ("ceiling at the same fixed rate, right after it (reference)", r.half_ceiling),
     ]
     rows = [
         [name, load.tool, load.connections, load.requests, load.rps, load.p50_ms, load.p99_ms, load.server_cpu_us,
@@ -804,7 +812,10 @@ def _http_table(r: Results) -> str:
                "Redis CPU µs/req", "statuses", "socket errors"]  # fmt: skip
     cpu = ", ".join(f"{name} {us:,.0f}" for name, us in r.cpu_us.items())
     note = (
-        f"Median server CPU µs/req over the rounds: {cpu}. Fixed-rate run: `benchmarks.loadgen` releases "
+        f"Median server CPU µs/req over the rounds: {cpu}. At a fixed rate, requests arrive one by one: each "
+        "wakes the event loop on its own and a Redis script call carries about one user, so CPU per request is "
+        "higher than under the closed-loop load (and half the best rate keeps the worker far busier than half). "
+        "Fixed-rate run: `benchmarks.loadgen` releases "
         "request *i* at start + i/rate whatever the server does and measures latency from that due time (no "
         "coordinated omission); wrk2 is not packaged in Debian."
     )
@@ -826,6 +837,10 @@ def _outage_text(r: Results) -> str:
     )
 
 
+def p99s(loads: list[Load]) -> str:
+    return ", ".join(f"{load.p99_ms:.1f}" for load in loads)
+
+
 def _verdicts(r: Results) -> str:
     recs, ceiling, half = r.best[RECS.name], r.best[CEILING.name], r.half
     assert half is not None
@@ -843,8 +858,10 @@ def _verdicts(r: Results) -> str:
          f"median of the rounds {share:.0%} (rounds: {rounds}); best of each {recs.rps:,.0f} / {ceiling.rps:,.0f} = "
          f"{recs.rps / ceiling.rps:.0%}; by median server CPU per request {cpu_share:.0%}"),
         (f"p99 ≤ {TARGET_HALF_LOAD_P99_MS:.0f} ms at half that load",
-         half.p99_ms <= TARGET_HALF_LOAD_P99_MS and half.server_errors == 0 and half.errors == 0,
-         f"p99 {half.p99_ms:.1f} ms at {half.rps:,.0f} req/s (fixed rate {half.target_rps or 0:,.0f})"),
+         half.p99_ms <= TARGET_HALF_LOAD_P99_MS and all(h.server_errors == 0 and h.errors == 0 for h in r.half_runs),
+         f"median p99 of {len(r.half_runs)} runs {half.p99_ms:.1f} ms at {half.rps:,.0f} req/s (fixed rate "
+         f"{half.target_rps or 0:,.0f}); each run: {p99s(r.half_runs)} ms; the ceiling at the same rate: "
+         f"{p99s(r.half_ceiling_runs)} ms"),
         (f"publish writes ≥ {TARGET_PUBLISH_USERS_PER_S:,} users/s to Redis, scoring excluded",
          writing >= TARGET_PUBLISH_USERS_PER_S,
          f"{writing:,.0f} users/s (the lower of the real run's write phase and `write_user_lists` alone)"),
