@@ -11,6 +11,7 @@ import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from typing import Final
 
 from litestar import Litestar
 from litestar.datastructures import State
@@ -25,6 +26,9 @@ from service.problems import problem_response
 from service.redis_server import async_client, resolve_redis_url
 from service.routes import API_KEY_HEADER, OPEN_HANDLERS, api_router
 from service.store import Store
+
+GC_YOUNG_THRESHOLD: Final = 20_000
+"""Allocations between two young-generation garbage collections while the service runs (CPython: 700)."""
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -56,9 +60,16 @@ def _redis_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCon
         # out of the garbage collector's full passes, which otherwise scan it all and stall requests
         # for tens of milliseconds (the p99).
         gc.freeze()
+        # Every request allocates hundreds of container objects that live until its response; with the
+        # default threshold (700) a young-generation pass runs every few requests and scans all requests
+        # in flight. Measured at a fixed 2,895 recommendations/s, 4 runs each, interleaved: server CPU
+        # 268-279 µs/request and p99 5.5-10.7 ms at 20,000 against 293-316 µs and 9.8-36 ms at 700.
+        thresholds = gc.get_threshold()
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
         try:
             yield
         finally:
+            gc.set_threshold(*thresholds)
             gc.unfreeze()
             await store.close()
             await client.aclose()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import os
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import redis.asyncio as aioredis
 from litestar.testing import TestClient
 
 from features.settings import Settings
-from service.app import create_app
+from service.app import GC_YOUNG_THRESHOLD, create_app
 from service.contract import HEAD_SIZE, ActiveVersion, ContractError, ItemMeta, Keys, RecList, UserRecs, decode, encode
 from service.engine import Engine, Query, VersionCache
 from service.metrics import Metrics
@@ -558,6 +559,16 @@ def test_metrics_expose_latency_and_counters(client: TestClient[Any]) -> None:
     assert 'tailor_recommendations_total{degraded="false",source="personalized"} 1.0' in text
     assert 'tailor_recommendations_total{degraded="false",source="popular"} 1.0' in text
     assert 'tailor_events_total{event_type="purchase"} 1.0' in text
+
+
+def test_the_service_collects_young_garbage_less_often_and_restores_the_threshold(
+    settings: Settings, published: PublishSummary
+) -> None:
+    before = gc.get_threshold()
+    with TestClient(create_app(settings)) as running:
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+        assert running.get("/health").status_code == 200
+    assert gc.get_threshold() == before
 
 
 def test_each_app_has_its_own_metrics(settings: Settings, published: PublishSummary) -> None:
