@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -40,11 +39,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.common import REPO, Ctx, median, table
+from service.redis_server import LocalRedis, free_port
 
 if TYPE_CHECKING:
     from litestar import Litestar
 
-    from features.settings import Settings
 
 USERS, QUICK_USERS = 100_000, 10_000
 ITEMS, DAYS = 3_000, 28
@@ -271,40 +270,6 @@ def bench_app() -> Litestar:
 
 
 # --- processes: Redis, the server, the load generators -------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class RedisProc:
-    """The embedded redis-server of this benchmark (data under ``home/redis``)."""
-
-    home: Path
-    port: int
-
-    @property
-    def settings(self) -> Settings:
-        from features.settings import Settings
-
-        return Settings(home=self.home)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        from service.redis_server import ensure_redis
-
-        ensure_redis(self.settings, port=self.port, timeout_s=120)
-
-    def stop(self) -> None:
-        from service.redis_server import stop_redis
-
-        stop_redis(self.settings, port=self.port, timeout_s=120)
 
 
 @dataclass
@@ -605,7 +570,7 @@ def run(ctx: Ctx) -> str:
     data = ctx.work / f"users-{users}"
     ctx.log(f"store of {users:,} shoppers + ALS model → {data}")
     ctx.measure("benchmarks.bench_service:prepare_step", out=str(data), users=users)
-    redis_proc = RedisProc(ctx.work / "home", free_port())
+    redis_proc = LocalRedis(ctx.work / "home", free_port(), timeout_s=120)
     shutil.rmtree(redis_proc.settings.redis_dir, ignore_errors=True)  # a fresh, empty server every run
     redis_proc.start()
     try:
@@ -615,7 +580,7 @@ def run(ctx: Ctx) -> str:
     return report(results, users, ctx)
 
 
-def _measure_all(ctx: Ctx, data: Path, redis_proc: RedisProc) -> Results:
+def _measure_all(ctx: Ctx, data: Path, redis_proc: LocalRedis) -> Results:
     ctx.log(f"publish to {redis_proc.url}")
     pub = ctx.measure("benchmarks.bench_service:publish_step", folder=str(data), redis_url=redis_proc.url).result
     ctx.log("writing alone: write_user_lists on numpy-built lists")
@@ -646,7 +611,7 @@ def _measure_all(ctx: Ctx, data: Path, redis_proc: RedisProc) -> Results:
     return results
 
 
-def _set_rates(ctx: Ctx, redis_proc: RedisProc, size: int) -> list[list[object]]:
+def _set_rates(ctx: Ctx, redis_proc: LocalRedis, size: int) -> list[list[object]]:
     """Raw pipelined SET rates of ``size``-byte values: redis-benchmark (if installed) and redis-py."""
     rows: list[list[object]] = []
     tool = shutil.which("redis-benchmark") or ""
@@ -666,7 +631,7 @@ def _set_rates(ctx: Ctx, redis_proc: RedisProc, size: int) -> list[list[object]]
     return rows
 
 
-def _load_runs(ctx: Ctx, runner: LoadRunner, redis_proc: RedisProc, results: Results) -> None:
+def _load_runs(ctx: Ctx, runner: LoadRunner, redis_proc: LocalRedis, results: Results) -> None:
     duration = QUICK_DURATION_S if ctx.quick else DURATION_S
     results.tool, results.loadavg = runner.tool, ", ".join(f"{x:.1f}" for x in os.getloadavg())
     ctx.log(f"load with {runner.tool}; warm-up")
@@ -701,7 +666,7 @@ def _load_runs(ctx: Ctx, runner: LoadRunner, redis_proc: RedisProc, results: Res
     _outage_run(ctx, runner, redis_proc, results)
 
 
-def _outage_run(ctx: Ctx, runner: LoadRunner, redis_proc: RedisProc, results: Results) -> None:
+def _outage_run(ctx: Ctx, runner: LoadRunner, redis_proc: LocalRedis, results: Results) -> None:
     """Recommendations under load while redis-server is stopped after 1/3 of the run and restarted after 2/3."""
     seconds = QUICK_OUTAGE_S if ctx.quick else OUTAGE_S
     ctx.log(f"  outage: {seconds:.0f} s of recommendations, Redis stopped and restarted in the middle")

@@ -13,6 +13,7 @@ Client factories set explicit timeouts, pool sizes and retry policies: redis-py'
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -184,6 +185,39 @@ def async_client(url: str, settings: Settings) -> aioredis.Redis:
         retry=AsyncRetry(NoBackoff(), 1),
     )
     return aioredis.Redis(connection_pool=pool)
+
+
+@dataclass(frozen=True)
+class LocalRedis:
+    """An embedded redis-server with its data in ``home/redis`` on ``port``; stop and start keep the data.
+
+    What the tests and the serving benchmark run their Redis with (each on a port of its own).
+    """
+
+    home: Path
+    port: int
+    timeout_s: float = 10.0
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(home=self.home)
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def start(self) -> str:
+        return ensure_redis(self.settings, port=self.port, timeout_s=self.timeout_s)
+
+    def stop(self) -> bool:
+        return stop_redis(self.settings, port=self.port, timeout_s=self.timeout_s)
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
 
 
 def _start(server: EmbeddedRedis, timeout_s: float) -> None:

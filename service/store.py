@@ -125,7 +125,6 @@ class Store:
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
         self._script_connections: list[Any] = []  # idle connections of the user-state script (redis-py's are untyped)
-        self._closing: set[asyncio.Future[None]] = set()
         self._connect: Callable[[], Any] = client.connection_pool.make_connection  # a new, unconnected one
         self._pending: _Pending = {}
         self._batches: set[asyncio.Task[None]] = set()  # script calls under way
@@ -216,39 +215,39 @@ class Store:
         one retry, a connection that a Redis restart broke is replaced once, so the first request after
         Redis is back is answered from it.
         """
-        for attempt in (1, 2):
-            connection = self._script_connections.pop() if self._script_connections else self._connect()
-            try:
-                await connection.send_command("EVALSHA", _USER_STATE_SHA, 0, *args)
-                reply = await connection.read_response()
-            except ResponseError:  # a whole reply was read: the connection is fine
-                self._idle(connection)
-                raise
-            except (RedisConnectionError, OSError):
+        kept = self._script_connections.pop() if self._script_connections else self._connect()
+        try:
+            return await self._call_on(kept, args)
+        except (RedisConnectionError, OSError):  # Redis restarted: every kept connection is stale
+            stale, self._script_connections = self._script_connections, []
+            for connection in stale:
                 await connection.disconnect()
-                if attempt == 2:
-                    raise
-                continue
-            except BaseException:  # a timeout or a cancellation may leave half a reply unread: drop it
-                await connection.disconnect()
-                raise
-            self._idle(connection)
-            return reply
-        raise AssertionError("unreachable")
+            return await self._call_on(self._connect(), args)
 
-    def _idle(self, connection: Any) -> None:
+    async def _call_on(self, connection: Any, args: tuple[str | int, ...]) -> Any:
+        try:
+            await connection.send_command("EVALSHA", _USER_STATE_SHA, 0, *args)
+            reply = await connection.read_response()
+        except ResponseError:  # a whole reply was read: the connection is fine
+            await self._idle(connection)
+            raise
+        except BaseException:  # broken, timed out or cancelled: half a reply may be unread, so drop it
+            await connection.disconnect()
+            raise
+        await self._idle(connection)
+        return reply
+
+    async def _idle(self, connection: Any) -> None:
         if len(self._script_connections) < MAX_IN_FLIGHT:
             self._script_connections.append(connection)
         else:  # more calls than usual were under way (a flush split a very large batch): keep only a few
-            self._closing.add(asyncio.ensure_future(connection.disconnect()))
-            self._closing = {task for task in self._closing if not task.done()}
+            await connection.disconnect()
 
     async def close(self) -> None:
         """Close the script connections (the pool is closed with the client)."""
         connections, self._script_connections = self._script_connections, []
         for connection in connections:
             await connection.disconnect()
-        await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def rec_lists(self, keys: Sequence[str]) -> list[RecList | None]:
         """Several ranked lists (fallback or similar-items lists) by key; None where absent."""

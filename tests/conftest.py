@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,52 +26,22 @@ from pydantic import Field
 from features.columns import Columns
 from features.ids import IdMap
 from features.matrix import build_matrix
-from features.settings import Settings
-from service.redis_server import ensure_redis, stop_redis
+from service.redis_server import LocalRedis, free_port
 from training.models.base import ModelConfig, Recommender, TrainData
 from training.publish import PublishInfo, publish
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class RedisHandle:
-    """An embedded redis-server living in ``home/redis`` on ``port``; stop/start keep its data."""
-
-    home: Path
-    port: int
-
-    @property
-    def settings(self) -> Settings:
-        return Settings(home=self.home)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> str:
-        return ensure_redis(self.settings, port=self.port)
-
-    def stop(self) -> bool:
-        return stop_redis(self.settings, port=self.port)
-
-
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisHandle]:
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
     """One embedded redis-server for the session."""
-    handle = RedisHandle(tmp_path_factory.mktemp("redis-session"), free_port())
+    handle = LocalRedis(tmp_path_factory.mktemp("redis-session"), free_port())
     handle.start()
     yield handle
     handle.stop()
 
 
 @pytest.fixture
-def redis_url(redis_server: RedisHandle) -> str:
+def redis_url(redis_server: LocalRedis) -> str:
     """URL of the session server, emptied before the test."""
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
@@ -88,9 +57,9 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisHandle]:
+def own_redis(tmp_path: Path) -> Iterator[LocalRedis]:
     """A dedicated, running redis-server for one test (stopped at the end whatever happened)."""
-    handle = RedisHandle(tmp_path / "own-redis", free_port())
+    handle = LocalRedis(tmp_path / "own-redis", free_port())
     handle.start()
     yield handle
     handle.stop()
@@ -211,7 +180,7 @@ def tiny_store() -> TinyStore:
     return TinyStore(events, pl.DataFrame(TINY_CATALOGUE), pl.DataFrame(TINY_USERS), model)
 
 
-def publish_tiny(server: RedisHandle, store: TinyStore) -> None:
+def publish_tiny(server: LocalRedis, store: TinyStore) -> None:
     """Publish ``store``'s fixed-score model to ``server`` (as `tailor publish` would, without progress)."""
     client = redis.Redis.from_url(server.url)
     try:

@@ -14,26 +14,27 @@ from typer.testing import CliRunner
 from features.settings import Settings
 from service.redis_server import (
     EmbeddedRedis,
+    LocalRedis,
     RedisServerError,
     async_client,
     ensure_redis,
+    free_port,
     redis_status,
     resolve_redis_url,
     sync_client,
 )
 from tailor_cli import app
-from tests.conftest import RedisHandle, free_port
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisHandle]:
+def server(tmp_path: Path) -> Iterator[LocalRedis]:
     """A launcher handle whose server is NOT started yet (stopped at the end if it was)."""
-    handle = RedisHandle(tmp_path / "home", free_port())
+    handle = LocalRedis(tmp_path / "home", free_port())
     yield handle
     handle.stop()
 
 
-def test_ensure_starts_once_and_status_follows(server: RedisHandle) -> None:
+def test_ensure_starts_once_and_status_follows(server: LocalRedis) -> None:
     assert redis_status(server.settings, port=server.port).running is False
     assert server.start() == server.url
     first = redis_status(server.settings, port=server.port)
@@ -47,7 +48,7 @@ def test_ensure_starts_once_and_status_follows(server: RedisHandle) -> None:
     assert "appendfsync everysec" in config
 
 
-def test_data_survives_stop_and_start(server: RedisHandle) -> None:
+def test_data_survives_stop_and_start(server: LocalRedis) -> None:
     server.start()
     client = redis.Redis.from_url(server.url)
     client.set("kept", b"yes")
@@ -70,7 +71,7 @@ def test_redis_url_wins_and_nothing_is_started(tmp_path: Path) -> None:
     assert (status.embedded, status.running) == (False, False)
 
 
-def test_a_redis_that_is_not_ours_is_not_adopted(server: RedisHandle, tmp_path: Path) -> None:
+def test_a_redis_that_is_not_ours_is_not_adopted(server: LocalRedis, tmp_path: Path) -> None:
     server.start()
     stranger = Settings(home=tmp_path / "other-home")
     with pytest.raises(RedisServerError, match=f"port {server.port} already serves a Redis that is not Tailor's"):

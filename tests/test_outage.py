@@ -11,18 +11,19 @@ from litestar.testing import TestClient
 
 from features.settings import Settings
 from service.app import create_app
-from tests.conftest import RedisHandle, TinyStore, publish_tiny
+from service.redis_server import LocalRedis
+from tests.conftest import TinyStore, publish_tiny
 
 KEY = "test-key"
 EVENT = {"user_id": "u2", "item_id": "C", "event_type": "purchase"}
 
 
-def settings_for(server: RedisHandle) -> Settings:
+def settings_for(server: LocalRedis) -> Settings:
     return Settings(home=server.home, redis_url=server.url, api_keys=[KEY])
 
 
 @pytest.fixture
-def client(own_redis: RedisHandle, tiny_store: TinyStore) -> Iterator[TestClient[Any]]:
+def client(own_redis: LocalRedis, tiny_store: TinyStore) -> Iterator[TestClient[Any]]:
     """A service started while Redis is up and the tiny store is published."""
     publish_tiny(own_redis, tiny_store)
     with TestClient(create_app(settings_for(own_redis))) as test_client:
@@ -35,7 +36,7 @@ def get(client: TestClient[Any], url: str) -> tuple[int, dict[str, Any]]:
     return response.status_code, response.json()
 
 
-def test_reads_degrade_to_memory_and_recover(client: TestClient[Any], own_redis: RedisHandle) -> None:
+def test_reads_degrade_to_memory_and_recover(client: TestClient[Any], own_redis: LocalRedis) -> None:
     status, body = get(client, "/v1/users/u1/recommendations?k=3")
     assert (status, body["degraded"], [i["item_id"] for i in body["items"]]) == (200, False, ["C", "B", "D"])
 
@@ -58,7 +59,7 @@ def test_reads_degrade_to_memory_and_recover(client: TestClient[Any], own_redis:
 
 
 def test_the_first_request_after_a_restart_nobody_saw_is_answered_from_redis(
-    client: TestClient[Any], own_redis: RedisHandle
+    client: TestClient[Any], own_redis: LocalRedis
 ) -> None:
     """The service's Redis connections broke while no request was made: the first one replaces them."""
     assert get(client, "/v1/users/u1/recommendations?k=3")[1]["degraded"] is False
@@ -68,7 +69,7 @@ def test_the_first_request_after_a_restart_nobody_saw_is_answered_from_redis(
     assert (status, body["degraded"], [i["item_id"] for i in body["items"]]) == (200, False, ["C", "B", "D"])
 
 
-def test_events_during_an_outage_are_refused_with_503(client: TestClient[Any], own_redis: RedisHandle) -> None:
+def test_events_during_an_outage_are_refused_with_503(client: TestClient[Any], own_redis: LocalRedis) -> None:
     own_redis.stop()
     response = client.post("/v1/events", json=EVENT)
     assert response.status_code == 503
@@ -80,7 +81,7 @@ def test_events_during_an_outage_are_refused_with_503(client: TestClient[Any], o
     assert get(client, "/v1/users/u2/recommendations?k=1")[1]["items"][0]["item_id"] == "B"  # C was bought
 
 
-def test_the_outage_copy_is_loaded_at_startup(own_redis: RedisHandle, tiny_store: TinyStore) -> None:
+def test_the_outage_copy_is_loaded_at_startup(own_redis: LocalRedis, tiny_store: TinyStore) -> None:
     """No request has read anything yet: the copy comes from the startup refresh."""
     publish_tiny(own_redis, tiny_store)
     with TestClient(create_app(settings_for(own_redis))) as test_client:
@@ -91,7 +92,7 @@ def test_the_outage_copy_is_loaded_at_startup(own_redis: RedisHandle, tiny_store
 
 
 def test_a_service_started_during_an_outage_answers_503_until_redis_is_back(
-    own_redis: RedisHandle, tiny_store: TinyStore
+    own_redis: LocalRedis, tiny_store: TinyStore
 ) -> None:
     publish_tiny(own_redis, tiny_store)
     own_redis.stop()

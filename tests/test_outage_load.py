@@ -23,7 +23,8 @@ import uvicorn
 
 from features.settings import Settings
 from service.app import create_app
-from tests.conftest import RedisHandle, TinyStore, publish_tiny
+from service.redis_server import LocalRedis
+from tests.conftest import TinyStore, publish_tiny
 
 KEY = "test-key"
 N_REQUESTS, CONCURRENCY = 300, 8
@@ -45,7 +46,7 @@ class Outcome:
     items: list[str]
 
 
-async def load_through_outage(server: RedisHandle) -> list[Outcome]:
+async def load_through_outage(server: LocalRedis) -> list[Outcome]:
     """Run the request loop; Redis goes down at request ``STOP_AT`` and comes back at ``START_AT``."""
     app = create_app(Settings(home=server.home, redis_url=server.url, api_keys=[KEY]))
     listener = socket.create_server(("127.0.0.1", 0))  # a free port, listening before uvicorn starts: no wait loop
@@ -81,7 +82,7 @@ async def load_through_outage(server: RedisHandle) -> list[Outcome]:
     return sorted(outcomes, key=lambda o: o.number)
 
 
-def test_no_5xx_and_degraded_only_while_redis_is_down(own_redis: RedisHandle, tiny_store: TinyStore) -> None:
+def test_no_5xx_and_degraded_only_while_redis_is_down(own_redis: LocalRedis, tiny_store: TinyStore) -> None:
     publish_tiny(own_redis, tiny_store)
     outcomes = asyncio.run(load_through_outage(own_redis))
 

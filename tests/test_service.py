@@ -32,9 +32,10 @@ from service.engine import Engine, Query, VersionCache
 from service.metrics import Metrics
 from service.params import query_pairs
 from service.ranking import because_you_viewed, candidates, from_list, pick
+from service.redis_server import free_port
 from service.schemas import MAX_BATCH, Source
 from service.store import MAX_IN_FLIGHT, Store
-from tests.conftest import TINY_SCORES, StaticConfig, StaticModel, TinyStore, free_port
+from tests.conftest import TINY_SCORES, StaticConfig, StaticModel, TinyStore
 from training.models.base import TrainData
 from training.publish import PublishInfo, PublishProgress, PublishSummary, publish
 
