@@ -6,16 +6,19 @@ whether to degrade (reads) or refuse (event writes). Payloads are decoded with t
 The recommendation hot path is one Lua script call (:data:`USER_STATE_LUA`): it reads the active
 record and, in the version the caller expects, the users' published payloads, their real-time state
 and the similar-items lists of their recent items, atomically. Requests that ask in the same
-event-loop tick share one call (:meth:`Store.user_state`): a redis-py round trip costs far more CPU
-than the script's work for one more user. A call goes out only while fewer than
-:data:`MAX_IN_FLIGHT` are under way; requests that ask meanwhile wait and go together in the next one.
+event-loop tick share one call (:meth:`Store.user_state`): a round trip costs far more CPU than the
+script's work for one more user. A call goes out only while fewer than :data:`MAX_IN_FLIGHT` are under
+way; requests that ask meanwhile wait and go together in the next one. The calls go on a lean
+connection of their own (:mod:`service.resp`) and are answered by a callback, without a task; every
+other read and write uses redis-py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -23,7 +26,7 @@ from typing import Any, Final
 import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from features.columns import Columns, EventType
@@ -41,6 +44,7 @@ from service.contract import (
     decode,
 )
 from service.errors import StoreUnavailableError, UnavailableError
+from service.resp import Pipe, Reply, bulk_strings, open_pipe
 from service.schemas import EventIn
 
 MAX_SEEDS: Final = 5
@@ -91,6 +95,21 @@ return table.concat(out)
 _USER_STATE_SHA: Final = hashlib.sha1(USER_STATE_LUA.encode(), usedforsecurity=False).hexdigest()
 
 
+@functools.lru_cache(maxsize=8)
+def _script_prefix(fixed: tuple[str | int, ...]) -> bytes:
+    """EVALSHA, the script's sha, 0 keys and the arguments of one version, encoded once per version."""
+    return bulk_strings(("EVALSHA", _USER_STATE_SHA, 0, *fixed))
+
+
+def _script_command(version: int, user_ids: Sequence[str]) -> bytes:
+    """The encoded EVALSHA of :data:`USER_STATE_LUA` for ``user_ids`` in ``version`` (see the script's ARGV)."""
+    fixed = (
+        Keys.ACTIVE, Keys.user(version, ""), Keys.similar(version, ""), Keys.recent(""), Keys.bought(""),
+        RECENT_MAX, MAX_SEEDS,
+    )  # fmt: skip
+    return b"*%d\r\n" % (3 + len(fixed) + len(user_ids)) + _script_prefix(fixed) + bulk_strings(user_ids)
+
+
 class UserState(msgspec.Struct, frozen=True, array_like=True):
     """What one recommendation needs from Redis besides the per-version cached lists, all of one version.
 
@@ -124,11 +143,13 @@ class Store:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
-        self._script_connections: list[Any] = []  # idle connections of the user-state script (redis-py's are untyped)
-        self._connect: Callable[[], Any] = client.connection_pool.make_connection  # a new, unconnected one
+        self._pipe: Pipe | None = None  # the user-state script's own connection (see script_call)
+        self._connecting = asyncio.Lock()
+        self._closed = False
         self._pending: _Pending = {}
-        self._batches: set[asyncio.Task[None]] = set()  # script calls under way
+        self._in_flight = 0  # script calls under way (batches sent and not yet handed out)
         self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()  # slow-path reads under way (their strong references)
 
     async def ping(self) -> None:
         with unreachable_as_unavailable():
@@ -153,7 +174,7 @@ class Store:
         return await future
 
     def _schedule_flush(self) -> None:
-        if self._pending and not self._flush_scheduled and len(self._batches) < MAX_IN_FLIGHT:
+        if self._pending and not self._flush_scheduled and self._in_flight < MAX_IN_FLIGHT:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
@@ -162,92 +183,143 @@ class Store:
         pending, self._pending = self._pending, {}
         for version, waiting in pending.items():
             for start in range(0, len(waiting), MAX_BATCH):  # a script call blocks Redis: keep each one short
-                task = asyncio.ensure_future(self._answer(version, waiting[start : start + MAX_BATCH]))
-                self._batches.add(task)  # also the strong reference a running task needs
+                self._send(version, waiting[start : start + MAX_BATCH])
 
-    async def _answer(self, version: int, batch: _Batch) -> None:
-        """Run one batch and hand each waiting request its part (or the error)."""
+    def _send(self, version: int, batch: _Batch) -> None:
+        """Start one batch's script call; :meth:`_reply` hands out the answer.
+
+        The steady state needs no task: the call's future calls back when the reply is read. A missing
+        connection, a broken one and an unloaded script go the slow way, :meth:`read_users` in a task.
+        """
+        self._in_flight += 1
+        pipe = self._pipe
+        if pipe is None or pipe.closed:
+            self._spawn(self._answer(version, batch))
+            return
+        call = self.script_call(pipe, version, [user_id for user_id, _ in batch])
+        call.add_done_callback(functools.partial(self._reply, version, batch))
+
+    def _reply(self, version: int, batch: _Batch, call: asyncio.Future[Reply]) -> None:
+        """A fast-path call ended: hand out its answer, or retry it the slow way after a Redis restart."""
+        if call.cancelled():
+            self._hand_out(batch, asyncio.CancelledError())
+            return
+        exc = call.exception()
+        if isinstance(exc, NoScriptError | RedisConnectionError | OSError) and not self._closed:
+            # Redis restarted or flushed its scripts: reconnect or load the script, then call again
+            self._spawn(self._answer(version, batch, load_script=isinstance(exc, NoScriptError)))
+            return
+        if exc is not None:
+            self._hand_out(batch, _unavailable(exc))
+            return
         try:
-            active, states = await self.read_users(version, [user_id for user_id, _ in batch])
-        except ContractError as exc:
-            if len(batch) == 1:
-                _fail(batch[0][1], exc)
-            else:  # one unreadable payload must not fail its neighbours: read each user on its own
-                for one in batch:
-                    self._batches.add(asyncio.ensure_future(self._answer(version, [one])))
+            self._hand_out(batch, self._decode(call.result(), version, [user_id for user_id, _ in batch]))
+        except ContractError as error:
+            self._split(version, batch, error)
+
+    async def _answer(self, version: int, batch: _Batch, *, load_script: bool = False) -> None:
+        """The slow path of one batch: :meth:`read_users` (connect, load the script, retry once)."""
+        try:
+            if load_script:
+                with unreachable_as_unavailable():
+                    await self.client.script_load(USER_STATE_LUA)
+            read = await self.read_users(version, [user_id for user_id, _ in batch])
+        except ContractError as error:
+            self._split(version, batch, error)
         except BaseException as exc:
-            for _, future in batch:
-                _fail(future, exc)
+            self._hand_out(batch, exc)
             if not isinstance(exc, Exception):
                 raise  # cancelled: end the task; errors went to the requests (no "never retrieved" noise)
         else:
-            for (_, future), state in zip(batch, states, strict=True):
-                if not future.done():  # the request may have been cancelled meanwhile
-                    future.set_result((active, state))
-        finally:
-            self._batches.discard(asyncio.current_task())  # type: ignore[arg-type]
-            self._schedule_flush()
+            self._hand_out(batch, read)
+
+    def _split(self, version: int, batch: _Batch, error: ContractError) -> None:
+        """One unreadable payload must not fail its neighbours: read each user of the batch on its own."""
+        if len(batch) == 1:
+            self._hand_out(batch, error)
+            return
+        self._in_flight += len(batch) - 1  # the batch's call becomes one call per user
+        for one in batch:
+            self._spawn(self._answer(version, [one]))
+
+    def _hand_out(self, batch: _Batch, read: tuple[ActiveVersion | None, list[UserState]] | BaseException) -> None:
+        """Give each waiting request its part of ``read`` (or the error); the call is no longer under way."""
+        self._in_flight -= 1
+        for i, (_, future) in enumerate(batch):
+            if future.done():  # the request was cancelled meanwhile
+                continue
+            if isinstance(read, asyncio.CancelledError):
+                future.cancel()
+            elif isinstance(read, BaseException):
+                future.set_exception(read)
+            else:
+                future.set_result((read[0], read[1][i]))
+        self._schedule_flush()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def script_call(self, pipe: Pipe, version: int, user_ids: Sequence[str]) -> asyncio.Future[Reply]:
+        """Send one EVALSHA of :data:`USER_STATE_LUA` for ``user_ids`` in ``version`` on ``pipe``.
+
+        Every script call goes through here (the tests wrap it to watch or hold calls).
+        """
+        return pipe.call(_script_command(version, user_ids))
 
     async def read_users(self, version: int, user_ids: Sequence[str]) -> tuple[ActiveVersion | None, list[UserState]]:
-        """One script call: the active record and each user's :class:`UserState` in ``version``."""
-        args: tuple[str | int, ...] = (
-            Keys.ACTIVE, Keys.user(version, ""), Keys.similar(version, ""), Keys.recent(""), Keys.bought(""),
-            RECENT_MAX, MAX_SEEDS, *user_ids,
-        )  # fmt: skip
+        """One script call: the active record and each user's :class:`UserState` in ``version``.
+
+        Connects the script's connection if needed; after a Redis restart (a broken connection, the script
+        no longer loaded) it reconnects and loads the script once each, so the first request after Redis is
+        back is answered from it.
+        """
         with unreachable_as_unavailable():
-            try:  # NOSCRIPT (a restarted or flushed Redis): load the script, call again
-                raw = await self._script_call(args)
-            except NoScriptError:
-                await self.client.script_load(USER_STATE_LUA)
-                raw = await self._script_call(args)
+            pipe = self._pipe if self._pipe is not None and not self._pipe.closed else await self._reconnect(None)
+            reconnected = loaded = False
+            while True:
+                try:
+                    raw = await self.script_call(pipe, version, user_ids)
+                    break
+                except NoScriptError:
+                    if loaded:
+                        raise
+                    loaded = True
+                    await self.client.script_load(USER_STATE_LUA)
+                except (RedisConnectionError, OSError):
+                    if reconnected:
+                        raise
+                    reconnected = True
+                    pipe = await self._reconnect(pipe)
+        return self._decode(raw, version, user_ids)
+
+    @staticmethod
+    def _decode(raw: Reply, version: int, user_ids: Sequence[str]) -> tuple[ActiveVersion | None, list[UserState]]:
         try:
-            active, states = _READ.decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            active, states = _READ.decode(raw)  # type: ignore[arg-type]  # None or an int is a DecodeError
+        except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
             where = f"{Keys.ACTIVE} or a payload of version {version} for users {list(user_ids)[:5]}"
             raise ContractError(f"cannot decode {where}: {exc}") from exc
         return _readable(active), states
 
-    async def _script_call(self, args: tuple[str | int, ...]) -> Any:
-        """EVALSHA of the user-state script on a connection kept for it, not checked out of the pool.
-
-        A pooled ``execute_command`` wraps each call in a pool checkout and a retry helper that cost the
-        service more CPU than the call itself when batches are small (moderate load). Like the pool's
-        one retry, a connection that a Redis restart broke is replaced once, so the first request after
-        Redis is back is answered from it.
-        """
-        kept = self._script_connections.pop() if self._script_connections else self._connect()
-        try:
-            return await self._call_on(kept, args)
-        except (RedisConnectionError, OSError):  # Redis restarted: every kept connection is stale
-            stale, self._script_connections = self._script_connections, []
-            for connection in stale:
-                await connection.disconnect()
-            return await self._call_on(self._connect(), args)
-
-    async def _call_on(self, connection: Any, args: tuple[str | int, ...]) -> Any:
-        try:
-            await connection.send_command("EVALSHA", _USER_STATE_SHA, 0, *args)
-            reply = await connection.read_response()
-        except ResponseError:  # a whole reply was read: the connection is fine
-            await self._idle(connection)
-            raise
-        except BaseException:  # broken, timed out or cancelled: half a reply may be unread, so drop it
-            await connection.disconnect()
-            raise
-        await self._idle(connection)
-        return reply
-
-    async def _idle(self, connection: Any) -> None:
-        if len(self._script_connections) < MAX_IN_FLIGHT:
-            self._script_connections.append(connection)
-        else:  # more calls than usual were under way (a flush split a very large batch): keep only a few
-            await connection.disconnect()
+    async def _reconnect(self, broken: Pipe | None) -> Pipe:
+        """A connected Pipe in place of ``broken`` (one connect, even when several calls ask at once)."""
+        async with self._connecting:
+            if self._closed:
+                raise RedisConnectionError("the store is closed")
+            if self._pipe is None or self._pipe.closed or self._pipe is broken:
+                if self._pipe is not None:
+                    self._pipe.close()
+                self._pipe = await open_pipe(self.client.connection_pool)
+            return self._pipe
 
     async def close(self) -> None:
-        """Close the script connections (the pool is closed with the client)."""
-        connections, self._script_connections = self._script_connections, []
-        for connection in connections:
-            await connection.disconnect()
+        """Close the script connection (the pool is closed with the client); calls under way fail."""
+        self._closed = True
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
 
     async def rec_lists(self, keys: Sequence[str]) -> list[RecList | None]:
         """Several ranked lists (fallback or similar-items lists) by key; None where absent."""
@@ -314,14 +386,13 @@ def stream_fields(event: EventIn, now: datetime) -> dict[str, str]:
     return {name: str(value) for name, value in fields.items() if value is not None}
 
 
-def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
-    """Pass a batch's failure to one waiting request (a cancelled batch cancels it)."""
-    if future.done():
-        return
-    if isinstance(exc, asyncio.CancelledError):
-        future.cancel()
-    else:
-        future.set_exception(exc)
+def _unavailable(exc: BaseException) -> BaseException:
+    """A failed call's error as the requests get it (Redis unreachable or too slow: StoreUnavailableError)."""
+    if isinstance(exc, _UNREACHABLE):
+        error = StoreUnavailableError(f"Redis is unreachable: {exc}")
+        error.__cause__ = exc
+        return error
+    return exc
 
 
 def _active(raw: bytes | str | None) -> ActiveVersion | None:

@@ -23,6 +23,7 @@ import msgspec
 import pytest
 import redis
 import redis.asyncio as aioredis
+import uvloop
 from litestar.testing import TestClient
 
 from features.settings import Settings
@@ -33,6 +34,7 @@ from service.metrics import Metrics
 from service.params import query_pairs
 from service.ranking import because_you_viewed, candidates, from_list, pick
 from service.redis_server import free_port
+from service.resp import Pipe, Reply
 from service.schemas import MAX_BATCH, Source
 from service.store import MAX_IN_FLIGHT, Store
 from tests.conftest import TINY_SCORES, StaticConfig, StaticModel, TinyStore
@@ -250,10 +252,10 @@ class PublishBetweenReads(Store):
         super().__init__(client)
         self.publish_now = publish_now
 
-    async def read_users(self, version: int, user_ids: Sequence[str]) -> tuple[Any, Any]:
-        read = await super().read_users(version, user_ids)
-        self.publish_now()
-        return read
+    def script_call(self, pipe: Pipe, version: int, user_ids: Sequence[str]) -> asyncio.Future[Reply]:
+        call = super().script_call(pipe, version, user_ids)
+        call.add_done_callback(lambda _: self.publish_now())  # runs before the store hands the reply out
+        return call
 
 
 def test_a_reader_that_read_the_old_active_version_still_gets_it_whole(
@@ -309,9 +311,9 @@ class RecordingStore(Store):
         super().__init__(client)
         self.calls: list[list[str]] = []
 
-    async def read_users(self, version: int, user_ids: Sequence[str]) -> tuple[Any, Any]:
+    def script_call(self, pipe: Pipe, version: int, user_ids: Sequence[str]) -> asyncio.Future[Reply]:
         self.calls.append(list(user_ids))
-        return await super().read_users(version, user_ids)
+        return super().script_call(pipe, version, user_ids)
 
 
 def test_concurrent_requests_share_one_script_call(published: PublishSummary, redis_url: str) -> None:
@@ -338,13 +340,24 @@ class GatedStore(RecordingStore):
         super().__init__(client)
         self.gates: list[asyncio.Event] = []
         self.started: asyncio.Queue[list[str]] = asyncio.Queue()
+        self.tasks: list[asyncio.Task[None]] = []
 
-    async def read_users(self, version: int, user_ids: Sequence[str]) -> tuple[Any, Any]:
+    def script_call(self, pipe: Pipe, version: int, user_ids: Sequence[str]) -> asyncio.Future[Reply]:
         gate = asyncio.Event()
         self.gates.append(gate)
         self.started.put_nowait(list(user_ids))
-        await gate.wait()
-        return await super().read_users(version, user_ids)
+        held: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+        async def after_the_gate() -> None:
+            await gate.wait()
+            call = super(GatedStore, self).script_call(pipe, version, user_ids)
+            try:
+                held.set_result(await call)
+            except Exception as exc:
+                held.set_exception(exc)
+
+        self.tasks.append(asyncio.ensure_future(after_the_gate()))
+        return held
 
 
 def test_requests_wait_while_two_script_calls_are_under_way(published: PublishSummary, redis_url: str) -> None:
@@ -705,3 +718,56 @@ def test_the_version_cache_never_goes_back_to_an_older_version() -> None:
     cache.store(active(1), Keys.popular(1), older)  # a slow request that started before the switch
     assert cache.outage_copy == (active(2), newer)
     assert cache.lists == {Keys.popular(2): newer}
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_store_reloads_a_flushed_script_and_answers(
+    loop: str, published: PublishSummary, redis_url: str, redis_client: redis.Redis
+) -> None:
+    class Watched(Store):
+        def __init__(self, client: aioredis.Redis) -> None:
+            super().__init__(client)
+            self.calls: list[list[str]] = []
+
+        def script_call(self, pipe: Pipe, version: int, user_ids: Any) -> asyncio.Future[Reply]:
+            self.calls.append(list(user_ids))
+            return super().script_call(pipe, version, user_ids)
+
+    async def main() -> tuple[list[list[str]], list[list[str]]]:
+        client = aioredis.Redis.from_url(redis_url)
+        store = Watched(client)
+        try:
+            engine = Engine(store, Metrics())
+            await engine.warm_up()
+            answers = []
+            for flush in (False, False, True):
+                if flush:
+                    await client.script_flush()
+                answers.append([item.item_id for item in (await engine.recommend(Query("u1", 3))).items])
+            return answers, store.calls
+        finally:
+            await store.close()
+            await client.aclose()
+
+    answers, calls = uvloop.run(main()) if loop == "uvloop" else asyncio.run(main())
+    assert answers == [["C", "B", "D"]] * 3
+    assert calls == [["u1"]] * 4  # the third request: NOSCRIPT on the fast path, then loaded and called again
+
+
+def test_a_closed_store_refuses_new_calls(published: PublishSummary, redis_url: str) -> None:
+    async def main() -> Exception:
+        client = aioredis.Redis.from_url(redis_url)
+        store = Store(client)
+        try:
+            await store.read_users(1, ["u1"])
+            await store.close()
+            try:
+                await store.read_users(1, ["u1"])
+            except Exception as exc:
+                return exc
+            raise AssertionError("a closed store answered")
+        finally:
+            await client.aclose()
+
+    error = asyncio.run(main())
+    assert "the store is closed" in str(error)
