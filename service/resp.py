@@ -28,8 +28,8 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any, Final, cast
 
+from redis._parsers import BaseParser  # its error table: replies mean what they mean to redis-py
 from redis.asyncio import ConnectionPool, SSLConnection, UnixDomainSocketConnection
-from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -52,13 +52,14 @@ def bulk_strings(args: Iterable[bytes | str | int]) -> bytes:
 
 
 def error_of(line: bytes) -> Exception:
-    """redis-py's exception for an error reply (``NOSCRIPT`` and authentication errors have their own)."""
-    text = line.decode(errors="replace")
-    if text.startswith("NOSCRIPT"):
-        return NoScriptError(text)
-    if text.startswith(("WRONGPASS", "NOAUTH", "ERR invalid password", "ERR AUTH")):
-        return AuthenticationError(text)  # a ConnectionError: Redis is unusable with these credentials
-    return ResponseError(text)
+    """redis-py's exception for an error reply, by redis-py's own table (its parsers use the same).
+
+    So ``LOADING`` (a restarted Redis still reading its data) is a ``BusyLoadingError``, a
+    ``ConnectionError`` the service degrades on, ``NOSCRIPT`` a ``NoScriptError``, ``WRONGPASS`` an
+    ``AuthenticationError``; codes it does not list are a ``ResponseError``.
+    """
+    error: Exception = BaseParser.parse_error(line.decode(errors="replace"))  # type: ignore[no-untyped-call]
+    return error
 
 
 def parse_reply(buffer: bytearray, start: int) -> tuple[Reply | Exception, int] | None:

@@ -34,7 +34,7 @@ from service.metrics import Metrics
 from service.params import query_pairs
 from service.ranking import because_you_viewed, candidates, from_list, pick
 from service.redis_server import free_port
-from service.resp import Pipe, Reply
+from service.resp import Pipe, Reply, pack
 from service.schemas import MAX_BATCH, Source
 from service.store import MAX_IN_FLIGHT, Store
 from tests.conftest import TINY_SCORES, StaticConfig, StaticModel, TinyStore
@@ -771,3 +771,26 @@ def test_a_closed_store_refuses_new_calls(published: PublishSummary, redis_url: 
 
     error = asyncio.run(main())
     assert "the store is closed" in str(error)
+
+
+class LoadingRedis(Store):
+    """Every script call is answered LOADING, as a restarted Redis answers until it has read its AOF."""
+
+    def script_call(self, pipe: Pipe, version: int, user_ids: Sequence[str]) -> asyncio.Future[Reply]:
+        return pipe.call(pack("EVAL", "return redis.error_reply('LOADING Redis is loading the dataset')", 0))
+
+
+def test_a_redis_still_loading_its_data_is_an_outage_not_an_error(published: PublishSummary, redis_url: str) -> None:
+    async def main() -> list[tuple[bool, Source]]:
+        client = aioredis.Redis.from_url(redis_url)
+        store = LoadingRedis(client)
+        try:
+            engine = Engine(store, Metrics())
+            await engine.warm_up()
+            outs = [await engine.recommend(Query("u1", 3)) for _ in range(2)]  # connecting, then connected
+            return [(out.degraded, out.source) for out in outs]
+        finally:
+            await store.close()
+            await client.aclose()
+
+    assert asyncio.run(main()) == [(True, Source.POPULAR)] * 2
