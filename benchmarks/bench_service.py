@@ -229,7 +229,7 @@ def redis_py_sets_step(redis_url: str, size: int, n: int) -> dict[str, Any]:
 def bench_app() -> Litestar:
     """``create_app()`` (settings from the environment, as ``tailor serve`` does) plus two benchmark routes.
 
-    Both are registered on the same app, under the same API-key guard, so they go through the same
+    Both are registered on the same app, behind the same API-key check, so they go through the same
     middleware, exception handlers and serialisation, and both return a constant ``RecommendationsOut``
     read from the file named by ``TAILOR_BENCH_CEILING_BODY``:
 
@@ -241,13 +241,15 @@ def bench_app() -> Litestar:
     import msgspec
     from litestar import Request, Router, get
 
+    from features.settings import Settings
     from service.app import create_app
     from service.engine import Query
     from service.params import parse_params
-    from service.routes import require_api_key
+    from service.routes import RequireApiKey
     from service.schemas import RecommendationParams, RecommendationsOut
 
-    app = create_app()
+    settings = Settings()
+    app = create_app(settings)
     payload = msgspec.json.decode(Path(os.environ[CEILING_ENV]).read_bytes(), type=RecommendationsOut)
 
     async def constant() -> RecommendationsOut:
@@ -265,7 +267,7 @@ def bench_app() -> Litestar:
             signature_namespace={"Request": Request, "RecommendationsOut": RecommendationsOut},
         )(same_signature),
     ]
-    app.register(Router(path="/bench", route_handlers=handlers, guards=[require_api_key]))
+    app.register(Router(path="/bench", route_handlers=handlers, middleware=[RequireApiKey(settings.api_keys)]))
     return app
 
 

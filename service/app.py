@@ -36,11 +36,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings()
     metrics = Metrics()
     return Litestar(
-        route_handlers=[*OPEN_HANDLERS, api_router()],
+        route_handlers=[*OPEN_HANDLERS, api_router(settings.api_keys)],
         exception_handlers={Exception: problem_response},
         middleware=[MetricsMiddleware(metrics)],
         lifespan=[_redis_lifespan(settings)],
-        state=State({"metrics": metrics, "api_keys": frozenset(settings.api_keys)}),
+        state=State({"metrics": metrics}),
         openapi_config=_openapi(),
         debug=False,
     )

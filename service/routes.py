@@ -7,15 +7,17 @@ Open: ``/health``, ``/ready``, ``/metrics``, ``/schema``. Everything under ``/v1
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterable
 from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import Request, Response, Router, get, post
-from litestar.connection import ASGIConnection
-from litestar.handlers import BaseRouteHandler
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import Body
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from service.engine import Engine, Query
 from service.errors import InvalidInputError, UnauthorizedError
@@ -49,17 +51,29 @@ _ERRORS: Final = {
 }
 
 
-async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Guard of ``/v1``: the X-API-Key header must hold a configured key (constant-time compare).
+class RequireApiKey(ASGIMiddleware):
+    """The ``/v1`` API's key check: the X-API-Key header must hold one of ``keys`` (constant-time compare).
 
-    ``async`` on purpose: Litestar runs a sync guard in a worker thread, a thread hop on every request.
+    A middleware, not a Litestar guard: Litestar hands every guard call a ``copy()`` of the route
+    handler, which cost 6.5 % of the service's CPU at a fixed 3,000 recommendations/s (py-spy), more than
+    the check itself. The header is read straight from the ASGI scope.
     """
-    given = connection.headers.get(API_KEY_HEADER)
-    if not given:
-        raise UnauthorizedError(f"missing {API_KEY_HEADER} header", field=API_KEY_HEADER)
-    keys: frozenset[str] = connection.app.state.api_keys
-    if not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
-        raise UnauthorizedError(f"unknown {API_KEY_HEADER}", field=API_KEY_HEADER)
+
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.keys = tuple(key.encode() for key in keys)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        given = next((value for name, value in scope["headers"] if name == _API_KEY_NAME), b"")
+        if not given:
+            raise UnauthorizedError(f"missing {API_KEY_HEADER} header", field=API_KEY_HEADER)
+        if not any(hmac.compare_digest(given, key) for key in self.keys):
+            raise UnauthorizedError(f"unknown {API_KEY_HEADER}", field=API_KEY_HEADER)
+        await next_app(scope, receive, send)
+
+
+_API_KEY_NAME: Final = API_KEY_HEADER.lower().encode()  # ASGI header names are lower-case bytes
 
 
 Req = Request[Any, Any, Any]
@@ -161,12 +175,12 @@ async def metrics(request: Req) -> Response[bytes]:
     return Response(registry.render(), media_type=CONTENT_TYPE)
 
 
-def api_router() -> Router:
-    """The authenticated ``/v1`` API."""
+def api_router(api_keys: Iterable[str]) -> Router:
+    """The ``/v1`` API, open to requests carrying one of ``api_keys``."""
     return Router(
         path="/v1",
         route_handlers=[recommendations, similar_items, post_events],
-        guards=[require_api_key],
+        middleware=[RequireApiKey(api_keys)],
         security=[{"apiKey": []}],
     )
 
