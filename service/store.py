@@ -196,7 +196,11 @@ class Store:
         if pipe is None or pipe.closed:
             self._spawn(self._answer(version, batch))
             return
-        call = self.script_call(pipe, version, [user_id for user_id, _ in batch])
+        try:
+            call = self.script_call(pipe, version, [user_id for user_id, _ in batch])
+        except Exception as exc:  # e.g. an id that cannot be encoded: fail this batch, never leave it waiting
+            self._hand_out(batch, exc)
+            return
         call.add_done_callback(functools.partial(self._reply, version, batch))
 
     def _reply(self, version: int, batch: _Batch, call: asyncio.Future[Reply]) -> None:

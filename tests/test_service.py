@@ -794,3 +794,27 @@ def test_a_redis_still_loading_its_data_is_an_outage_not_an_error(published: Pub
             await client.aclose()
 
     assert asyncio.run(main()) == [(True, Source.POPULAR)] * 2
+
+
+def test_a_call_that_cannot_be_sent_fails_its_requests_and_the_store_goes_on(
+    published: PublishSummary, redis_url: str
+) -> None:
+    async def main() -> tuple[BaseException | None, list[str]]:
+        client = aioredis.Redis.from_url(redis_url)
+        store = Store(client)
+        try:
+            engine = Engine(store, Metrics())
+            await engine.warm_up()
+            await engine.recommend(Query("u1", 3))  # connected: the next calls take the callback path
+            bad = (engine.recommend(Query("bad\udc80id", 3)) for _ in range(MAX_IN_FLIGHT + 1))
+            failures = await asyncio.wait_for(asyncio.gather(*bad, return_exceptions=True), timeout=30)  # no hang
+            after = await asyncio.wait_for(engine.recommend(Query("u1", 3)), timeout=30)
+            errors = [failure for failure in failures if isinstance(failure, UnicodeEncodeError)]
+            return (errors[0] if len(errors) == len(failures) else None), [item.item_id for item in after.items]
+        finally:
+            await store.close()
+            await client.aclose()
+
+    error, items_after = asyncio.run(main())
+    assert isinstance(error, UnicodeEncodeError)  # a lone surrogate has no UTF-8 form
+    assert items_after == ["C", "B", "D"]
