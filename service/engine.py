@@ -5,7 +5,8 @@ the active version record and, in the version this process last saw, the user's 
 real-time state (recent items, items bought since publish) and the similar-items lists of their
 recent items (:meth:`Store.user_state`, shared by the requests of one event-loop tick). If the
 active version is not the one guessed, the read is repeated for the active one, so a switch is seen
-at once and a response never mixes two versions.
+at once and a response never mixes two versions. Similar items work the same way: one MGET of the active
+record and the item's list in the version guessed.
 
 Everything else is immutable within a version and cached in memory per version: the fallback lists
 (requested category, the user's segment, global) and item metadata (availability, category), each
@@ -16,10 +17,11 @@ startup and refreshed whenever a request sees a new active version.
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, TypeVar
 
 import msgspec
 from prometheus_client import Counter
@@ -47,6 +49,8 @@ from service.store import MAX_SEEDS, Store, UserState
 _META_CHUNK_MIN: Final = 32
 _MAX_CHAINS: Final = 10_000
 """Fallback chains cached per version (one per requested category × user segment seen)."""
+T = TypeVar("T")
+Active = ActiveVersion | None
 _READ_ATTEMPTS: Final = 3
 """Reads of one request when the active version keeps changing under it (two are enough in practice)."""
 
@@ -149,14 +153,24 @@ class Engine:
         return _response(query, chosen, active, degraded=False)
 
     async def _user_state(self, user_id: str) -> tuple[ActiveVersion, UserState]:
-        """The active version and the user's state read in it (guessing the version seen last)."""
+        """The active version and the user's state read in it."""
+        return await self._in_active_version(functools.partial(self.store.user_state, user_id))
+
+    async def _in_active_version(
+        self, read: Callable[[int], Awaitable[tuple[ActiveVersion | None, T]]]
+    ) -> tuple[ActiveVersion, T]:
+        """``read(version)`` in the active version, in one round trip in the steady state.
+
+        ``read`` returns the active record with what it read in the version it was given: the version
+        seen last is guessed, and the read repeated in the active one if the guess was wrong.
+        """
         guess = self.cache.version or 0  # versions start at 1: 0 reads nothing, then the real one is read
         for _ in range(_READ_ATTEMPTS):
-            active, state = await self.store.user_state(user_id, guess)
+            active, value = await read(guess)
             if active is None:
                 raise NotPublishedError("nothing has been published yet: run `tailor publish`")
             if active.version == guess:
-                return active, state
+                return active, value
             guess = active.version
         raise UnavailableError(f"the active version changed {_READ_ATTEMPTS} times during one request; retry")
 
@@ -226,8 +240,8 @@ class Engine:
     # --- similar items, readiness, events -----------------------------------------------------------------
     async def similar(self, item_id: str, k: int) -> SimilarItemsOut:
         """Available items similar to ``item_id``; NotFoundError when the active version does not know it."""
-        active = await self._active()
-        (rec,) = await self.store.rec_lists([Keys.similar(active.version, item_id)])
+        active, rec = await self._in_active_version(functools.partial(self.store.similar_list, item_id))
+        self.cache.observe(active)
         if rec is None:
             raise NotFoundError(f"item {item_id!r} is not in published version {active.version}", field="item_id")
         chosen = await self._pick(active.version, [ranking.from_list(rec, "similar", Source.PERSONALIZED)], set(), k)

@@ -333,6 +333,17 @@ class Store:
             raws = await self.client.mget(list(keys))
         return [_rec_list(raw, key) for raw, key in zip(raws, keys, strict=True)]
 
+    async def similar_list(self, item_id: str, version: int) -> tuple[ActiveVersion | None, RecList | None]:
+        """The active record and ``item_id``'s similar-items list in ``version``, in one MGET.
+
+        The list is valid only if ``version`` is the active one (the caller guesses the version it saw
+        last, as for recommendations, and asks again with the active one if the guess was wrong).
+        """
+        key = Keys.similar(version, item_id)
+        with unreachable_as_unavailable():
+            raw_active, raw_list = await self.client.mget([Keys.ACTIVE, key])
+        return _active(raw_active), _rec_list(raw_list, key)
+
     async def item_meta(self, version: int, item_ids: Sequence[str]) -> dict[str, ItemMeta | None]:
         """Metadata of ``item_ids`` in ``version``; None for items not in its catalogue."""
         if not item_ids:

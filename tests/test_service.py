@@ -162,6 +162,23 @@ def test_similar_items(client: TestClient[Any]) -> None:
     assert client.get("/v1/items/C/similar").json()["items"] == []
 
 
+def test_similar_items_take_one_round_trip_and_follow_a_new_version(
+    client: TestClient[Any], tiny_store: TinyStore, redis_client: redis.Redis
+) -> None:
+    def similar_a() -> tuple[int, str, list[str]]:
+        body = client.get("/v1/items/A/similar", params={"k": 2}).json()
+        return body["publish_version"], body["model_version"], [i["item_id"] for i in body["items"]]
+
+    assert similar_a() == (1, "1", ["B", "C"])  # item metadata now cached
+    redis_client.config_resetstat()
+    assert [similar_a() for _ in range(3)] == [(1, "1", ["B", "C"])] * 3
+    stats = redis_client.info("commandstats")
+    calls = {name: stat["calls"] for name, stat in stats.items() if name != "cmdstat_config"}  # RESETSTAT itself
+    assert calls == {"cmdstat_mget": 3}  # the active record and the list in one MGET, nothing else
+    run_publish(tiny_store, redis_client, model=second_model(tiny_store), model_version="2")
+    assert similar_a() == (2, "2", ["B", "C"])  # the guessed version 1 was stale: read again in version 2
+
+
 def test_an_unknown_item_is_a_404_problem(client: TestClient[Any]) -> None:
     response = client.get("/v1/items/nope/similar")
     assert response.status_code == 404
