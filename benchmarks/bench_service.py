@@ -727,7 +727,7 @@ def _setup_text(r: Results, users: int, ctx: Ctx) -> str:
         f"runs: load average {r.loadavg} when the load runs started), so requests/s are lower bounds for a "
         f"dedicated server and vary from run to run; *server CPU µs/req* (the uvicorn process's CPU time during "
         f"the run / requests) is the stable figure: one core at 100 % serves 10⁶ / that many requests/s.\n\n"
-        f"Ceiling: `GET {CEILING_PATH}` registered on the same app (same API-key guard, middleware, exception "
+        f"Ceiling: `GET {CEILING_PATH}` registered on the same app (same API-key check, middleware, exception "
         f"handling and serialisation) returning a constant {r.sample['bytes']:,}-byte `RecommendationsOut` "
         f"captured from a real k={K} answer. *Same signature*: `GET {SIGNATURE_PATH}` with the recommendations "
         f"handler's own request handling (the injected request, path and query parameters validated into a "

@@ -185,10 +185,9 @@ def git_revision() -> str:
 
 
 def machine_info() -> dict[str, str]:
-    """What the results depend on, for the RESULTS.md header."""
+    """What the results depend on, for the RESULTS.md header (each section stamps its own run: :func:`run_stamp`)."""
     cores = os.cpu_count() or 0
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     libs = ", ".join(f"{k} {v}" for k, v in library_versions().items())
     return {
         "CPU": cpu_model(),
@@ -197,10 +196,14 @@ def machine_info() -> dict[str, str]:
         "OS": f"{platform.system()} {platform.release()}",
         "Python": platform.python_version(),
         "Libraries": libs,
-        "Git revision": git_revision(),
-        "Date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "Load average at start (1/5/15 min)": load,
     }
+
+
+def run_stamp(command: str) -> str:
+    """One line naming the run that measured a section: command, git revision, date, load average."""
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"_Measured by `{command}` at revision {git_revision()}, {date}; load average at start {load}._"
 
 
 # --- formatting --------------------------------------------------------------------------------
