@@ -177,7 +177,11 @@ class Pipe(asyncio.Protocol):
 
 
 async def open_pipe(pool: ConnectionPool) -> Pipe:
-    """Connect a :class:`Pipe` the way ``pool`` connects (address, TLS, credentials, database, timeouts)."""
+    """Connect a :class:`Pipe` the way ``pool`` connects (address, TLS, credentials, database, timeouts).
+
+    What a ``REDIS_URL`` can say is honoured; pool options set only in code (a credential provider,
+    keep-alive options, a client name, RESP3) are not, and the service sets none of them.
+    """
     kwargs: dict[str, Any] = pool.connection_kwargs
     loop = asyncio.get_running_loop()
 

@@ -59,7 +59,7 @@ class RequireApiKey(ASGIMiddleware):
     the check itself. The header is read straight from the ASGI scope.
     """
 
-    scopes = (ScopeType.HTTP,)
+    scopes = (ScopeType.HTTP, ScopeType.WEBSOCKET)  # none under /v1 yet: a future one is checked too
 
     def __init__(self, keys: Iterable[str]) -> None:
         self.keys = tuple(key.encode() for key in keys)

@@ -201,25 +201,35 @@ class Store:
         except Exception as exc:  # e.g. an id that cannot be encoded: fail this batch, never leave it waiting
             self._hand_out(batch, exc)
             return
-        call.add_done_callback(functools.partial(self._reply, version, batch))
+        call.add_done_callback(functools.partial(self._reply, version, batch, pipe))
 
-    def _reply(self, version: int, batch: _Batch, call: asyncio.Future[Reply]) -> None:
-        """A fast-path call ended: hand out its answer, or retry it the slow way after a Redis restart."""
+    def _reply(self, version: int, batch: _Batch, pipe: Pipe, call: asyncio.Future[Reply]) -> None:
+        """A fast-path call ended: hand out its answer, or retry it the slow way after a Redis restart.
+
+        Runs as a callback: whatever happens, the batch is handed out (or passed to a task that will),
+        else its requests would wait forever and the call would count as under way for good.
+        """
         if call.cancelled():
             self._hand_out(batch, asyncio.CancelledError())
             return
         exc = call.exception()
-        if isinstance(exc, NoScriptError | RedisConnectionError | OSError) and not self._closed:
-            # Redis restarted or flushed its scripts: reconnect or load the script, then call again
+        retry = isinstance(exc, NoScriptError) or (isinstance(exc, RedisConnectionError | OSError) and pipe.closed)
+        if retry and not self._closed:
+            # Redis restarted (the connection broke) or flushed its scripts: reconnect or load the script, call
+            # again. An error reply on a live connection (LOADING, authentication) is no reason to reconnect.
             self._spawn(self._answer(version, batch, load_script=isinstance(exc, NoScriptError)))
             return
         if exc is not None:
             self._hand_out(batch, _unavailable(exc))
             return
         try:
-            self._hand_out(batch, self._decode(call.result(), version, [user_id for user_id, _ in batch]))
+            read = self._decode(call.result(), version, [user_id for user_id, _ in batch])
         except ContractError as error:
             self._split(version, batch, error)
+        except Exception as error:  # e.g. a version written with a payload schema this service cannot read
+            self._hand_out(batch, error)
+        else:
+            self._hand_out(batch, read)
 
     async def _answer(self, version: int, batch: _Batch, *, load_script: bool = False) -> None:
         """The slow path of one batch: :meth:`read_users` (connect, load the script, retry once)."""
@@ -292,7 +302,7 @@ class Store:
                     loaded = True
                     await self.client.script_load(USER_STATE_LUA)
                 except (RedisConnectionError, OSError):
-                    if reconnected:
+                    if reconnected or not pipe.closed:  # an error reply (LOADING, authentication): no reconnect
                         raise
                     reconnected = True
                     pipe = await self._reconnect(pipe)
@@ -300,11 +310,13 @@ class Store:
 
     @staticmethod
     def _decode(raw: Reply, version: int, user_ids: Sequence[str]) -> tuple[ActiveVersion | None, list[UserState]]:
+        where = f"{Keys.ACTIVE} or a payload of version {version} for users {list(user_ids)[:5]}"
         try:
             active, states = _READ.decode(raw)  # type: ignore[arg-type]  # None or an int is a DecodeError
         except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
-            where = f"{Keys.ACTIVE} or a payload of version {version} for users {list(user_ids)[:5]}"
             raise ContractError(f"cannot decode {where}: {exc}") from exc
+        if len(states) != len(user_ids):
+            raise ContractError(f"the user-state script answered {len(states)} users for {len(user_ids)}: {where}")
         return _readable(active), states
 
     async def _reconnect(self, broken: Pipe | None) -> Pipe:
@@ -315,7 +327,11 @@ class Store:
             if self._pipe is None or self._pipe.closed or self._pipe is broken:
                 if self._pipe is not None:
                     self._pipe.close()
-                self._pipe = await open_pipe(self.client.connection_pool)
+                pipe = await open_pipe(self.client.connection_pool)
+                if self._closed:  # closed while connecting: keep nothing open
+                    pipe.close()
+                    raise RedisConnectionError("the store is closed")
+                self._pipe = pipe
             return self._pipe
 
     async def close(self) -> None:

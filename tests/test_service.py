@@ -36,7 +36,7 @@ from service.ranking import because_you_viewed, candidates, from_list, pick
 from service.redis_server import free_port
 from service.resp import Pipe, Reply, pack
 from service.schemas import MAX_BATCH, Source
-from service.store import MAX_IN_FLIGHT, Store
+from service.store import MAX_IN_FLIGHT, USER_STATE_LUA, Store
 from tests.conftest import TINY_SCORES, StaticConfig, StaticModel, TinyStore
 from training.models.base import TrainData
 from training.publish import PublishInfo, PublishProgress, PublishSummary, publish
@@ -460,6 +460,7 @@ def test_an_unreadable_payload_fails_only_its_own_request(
 def test_a_payload_schema_the_service_cannot_read_is_refused(
     client: TestClient[Any], redis_client: redis.Redis
 ) -> None:
+    assert client.get(RECS.format("u1")).status_code == 200  # connected: later reads take the callback path
     raw = redis_client.get(Keys.ACTIVE)
     assert isinstance(raw, bytes)
     active = decode(raw, ActiveVersion)
@@ -468,6 +469,12 @@ def test_a_payload_schema_the_service_cannot_read_is_refused(
     response = client.get("/ready")
     assert response.status_code == 503
     assert "payload schema 99" in response.json()["detail"]
+    for _ in range(MAX_IN_FLIGHT + 1):  # one by one: a refused read must not stay counted as under way
+        response = client.get(RECS.format("u1"))
+        assert (response.status_code, response.json()["title"]) == (503, "Service unavailable")
+        assert "payload schema 99" in response.json()["detail"]
+    redis_client.set(Keys.ACTIVE, raw)  # republished with the right schema: served again
+    assert items(client.get(RECS.format("u1"), params={"k": 3}).json()) == ["C", "B", "D"]
 
 
 # --- auth ----------------------------------------------------------------------------------------------------
@@ -756,6 +763,7 @@ def test_the_store_reloads_a_flushed_script_and_answers(
         try:
             engine = Engine(store, Metrics())
             await engine.warm_up()
+            await client.script_load(USER_STATE_LUA)  # loaded whatever earlier tests did (FLUSHALL keeps scripts)
             answers = []
             for flush in (False, False, True):
                 if flush:
@@ -793,24 +801,37 @@ def test_a_closed_store_refuses_new_calls(published: PublishSummary, redis_url: 
 class LoadingRedis(Store):
     """Every script call is answered LOADING, as a restarted Redis answers until it has read its AOF."""
 
+    def __init__(self, client: aioredis.Redis) -> None:
+        super().__init__(client)
+        self.calls = 0
+
     def script_call(self, pipe: Pipe, version: int, user_ids: Sequence[str]) -> asyncio.Future[Reply]:
+        self.calls += 1
         return pipe.call(pack("EVAL", "return redis.error_reply('LOADING Redis is loading the dataset')", 0))
 
 
-def test_a_redis_still_loading_its_data_is_an_outage_not_an_error(published: PublishSummary, redis_url: str) -> None:
-    async def main() -> list[tuple[bool, Source]]:
+def test_a_redis_still_loading_its_data_is_an_outage_not_an_error(
+    published: PublishSummary, redis_url: str, redis_client: redis.Redis
+) -> None:
+    def connections() -> int:
+        return int(redis_client.info("stats")["total_connections_received"])
+
+    async def main() -> tuple[list[tuple[bool, Source]], int, int]:
         client = aioredis.Redis.from_url(redis_url)
         store = LoadingRedis(client)
         try:
             engine = Engine(store, Metrics())
             await engine.warm_up()
-            outs = [await engine.recommend(Query("u1", 3)) for _ in range(2)]  # connecting, then connected
-            return [(out.degraded, out.source) for out in outs]
+            opened = connections()
+            outs = [await engine.recommend(Query("u1", 3)) for _ in range(3)]  # connecting, then connected
+            return [(out.degraded, out.source) for out in outs], store.calls, connections() - opened
         finally:
             await store.close()
             await client.aclose()
 
-    assert asyncio.run(main()) == [(True, Source.POPULAR)] * 2
+    answers, calls, opened = asyncio.run(main())
+    assert answers == [(True, Source.POPULAR)] * 3
+    assert (calls, opened) == (3, 1)  # an error reply on a live connection: no retry, no reconnect
 
 
 def test_a_call_that_cannot_be_sent_fails_its_requests_and_the_store_goes_on(
@@ -823,8 +844,10 @@ def test_a_call_that_cannot_be_sent_fails_its_requests_and_the_store_goes_on(
             engine = Engine(store, Metrics())
             await engine.warm_up()
             await engine.recommend(Query("u1", 3))  # connected: the next calls take the callback path
-            bad = (engine.recommend(Query("bad\udc80id", 3)) for _ in range(MAX_IN_FLIGHT + 1))
-            failures = await asyncio.wait_for(asyncio.gather(*bad, return_exceptions=True), timeout=30)  # no hang
+            failures: list[Any] = []
+            for _ in range(MAX_IN_FLIGHT + 1):  # one by one, so each is a batch: a leaked one would stall the next
+                bad = engine.recommend(Query("bad\udc80id", 3))
+                failures += await asyncio.wait_for(asyncio.gather(bad, return_exceptions=True), timeout=30)
             after = await asyncio.wait_for(engine.recommend(Query("u1", 3)), timeout=30)
             errors = [failure for failure in failures if isinstance(failure, UnicodeEncodeError)]
             return (errors[0] if len(errors) == len(failures) else None), [item.item_id for item in after.items]
