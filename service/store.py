@@ -358,7 +358,10 @@ class Store:
         key = Keys.similar(version, item_id)
         with unreachable_as_unavailable():
             raw_active, raw_list = await self.client.mget([Keys.ACTIVE, key])
-        return _active(raw_active), _rec_list(raw_list, key)
+        active = _active(raw_active)
+        if active is None or active.version != version:
+            return active, None  # a stale guess: the caller reads again, so the list is not even decoded
+        return active, _rec_list(raw_list, key)
 
     async def item_meta(self, version: int, item_ids: Sequence[str]) -> dict[str, ItemMeta | None]:
         """Metadata of ``item_ids`` in ``version``; None for items not in its catalogue."""
