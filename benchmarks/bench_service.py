@@ -19,7 +19,7 @@ What runs, all on 127.0.0.1 and all bounded in count and time (every load loop s
    section says which. Ceiling, same-signature and recommendations runs back to back in rounds of
    alternating order (the median per-round ratio is judged); then similar items, events (POST),
    recommendations at a fixed rate of half the best, each followed by the ceiling at that rate as a
-   reference (three such pairs, the median p99 judged) with :mod:`benchmarks.loadgen` in open-loop mode,
+   reference (five such pairs, the median p99 judged) with :mod:`benchmarks.loadgen` in open-loop mode,
    and a recommendations run during which redis-server is stopped and restarted. Every run also records the
    server's and Redis's CPU time per request, which other jobs on the machine barely disturb.
 """
@@ -54,7 +54,7 @@ PAIRED_S, PAIRED_ROUNDS, QUICK_PAIRED_ROUNDS = 5.0, 8, 2
 """The ceiling / same-signature / recommendations runs: short runs back to back, many rounds."""
 HALF_ROUNDS = 5
 """Fixed-rate runs at half the best recommendations rate, each followed by the ceiling at that rate; the
-verdict takes the median p99 (one 10-s run's p99 is its 300th-worst request: a VM hiccup moves it)."""
+verdict takes the median p99 (one 10-s run's p99 is set by a few hundred slowest requests: a VM hiccup moves it)."""
 CONNECTIONS = 32
 OUTAGE_S, QUICK_OUTAGE_S = 12.0, 6.0
 REDIS_BENCH_SETS = 200_000

@@ -50,7 +50,6 @@ _META_CHUNK_MIN: Final = 32
 _MAX_CHAINS: Final = 10_000
 """Fallback chains cached per version (one per requested category × user segment seen)."""
 T = TypeVar("T")
-Active = ActiveVersion | None
 _READ_ATTEMPTS: Final = 3
 """Reads of one request when the active version keeps changing under it (two are enough in practice)."""
 

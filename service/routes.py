@@ -38,6 +38,7 @@ from service.schemas import (
 )
 
 API_KEY_HEADER: Final = "X-API-Key"
+_API_KEY_NAME: Final = API_KEY_HEADER.lower().encode()  # ASGI header names are lower-case bytes
 
 
 def _problem(description: str) -> ResponseSpec:
@@ -71,9 +72,6 @@ class RequireApiKey(ASGIMiddleware):
         if not any(hmac.compare_digest(given, key) for key in self.keys):
             raise UnauthorizedError(f"unknown {API_KEY_HEADER}", field=API_KEY_HEADER)
         await next_app(scope, receive, send)
-
-
-_API_KEY_NAME: Final = API_KEY_HEADER.lower().encode()  # ASGI header names are lower-case bytes
 
 
 Req = Request[Any, Any, Any]

@@ -196,14 +196,15 @@ class Store:
         if pipe is None or pipe.closed:
             self._spawn(self._answer(version, batch))
             return
+        user_ids = [user_id for user_id, _ in batch]
         try:
-            call = self.script_call(pipe, version, [user_id for user_id, _ in batch])
+            call = self.script_call(pipe, version, user_ids)
         except Exception as exc:  # e.g. an id that cannot be encoded: fail this batch, never leave it waiting
             self._hand_out(batch, exc)
             return
-        call.add_done_callback(functools.partial(self._reply, version, batch, pipe))
+        call.add_done_callback(functools.partial(self._reply, version, batch, user_ids, pipe))
 
-    def _reply(self, version: int, batch: _Batch, pipe: Pipe, call: asyncio.Future[Reply]) -> None:
+    def _reply(self, version: int, batch: _Batch, user_ids: list[str], pipe: Pipe, call: asyncio.Future[Reply]) -> None:
         """A fast-path call ended: hand out its answer, or retry it the slow way after a Redis restart.
 
         Runs as a callback: whatever happens, the batch is handed out (or passed to a task that will),
@@ -223,7 +224,7 @@ class Store:
             self._hand_out(batch, _unavailable(exc))
             return
         try:
-            read = self._decode(call.result(), version, [user_id for user_id, _ in batch])
+            read = self._decode(call.result(), version, user_ids)
         except ContractError as error:
             self._split(version, batch, error)
         except Exception as error:  # e.g. a version written with a payload schema this service cannot read
@@ -310,13 +311,13 @@ class Store:
 
     @staticmethod
     def _decode(raw: Reply, version: int, user_ids: Sequence[str]) -> tuple[ActiveVersion | None, list[UserState]]:
-        where = f"{Keys.ACTIVE} or a payload of version {version} for users {list(user_ids)[:5]}"
         try:
             active, states = _READ.decode(raw)  # type: ignore[arg-type]  # None or an int is a DecodeError
         except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
-            raise ContractError(f"cannot decode {where}: {exc}") from exc
+            raise ContractError(f"cannot decode {_read_of(version, user_ids)}: {exc}") from exc
         if len(states) != len(user_ids):
-            raise ContractError(f"the user-state script answered {len(states)} users for {len(user_ids)}: {where}")
+            answered = f"the user-state script answered {len(states)} users for {len(user_ids)}"
+            raise ContractError(f"{answered}: {_read_of(version, user_ids)}")
         return _readable(active), states
 
     async def _reconnect(self, broken: Pipe | None) -> Pipe:
@@ -418,6 +419,11 @@ def stream_fields(event: EventIn, now: datetime) -> dict[str, str]:
         "recommendation_id": event.recommendation_id,
     }
     return {name: str(value) for name, value in fields.items() if value is not None}
+
+
+def _read_of(version: int, user_ids: Sequence[str]) -> str:
+    """What a failed user-state read was reading, for its error (formatted only when one is raised)."""
+    return f"{Keys.ACTIVE} or a payload of version {version} for users {list(user_ids)[:5]}"
 
 
 def _unavailable(exc: BaseException) -> BaseException:

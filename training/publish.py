@@ -870,12 +870,6 @@ def _array_header(count: int) -> bytes:
     return b"\xdd" + count.to_bytes(4, "big")
 
 
-def _bounds(sizes: npt.NDArray[np.int64]) -> tuple[list[int], list[int]]:
-    """(starts, ends) of consecutive pieces of ``sizes`` bytes, as Python ints for slicing."""
-    ends = np.cumsum(sizes)
-    return (ends - sizes).tolist(), ends.tolist()
-
-
 def switch_active(client: redis.Redis, active: ActiveVersion, now: datetime) -> None:
     """Atomically make ``active`` the served version and retire the previous one (Lua compare-and-set)."""
     raw_current = client.get(Keys.ACTIVE)
