@@ -783,9 +783,11 @@ def _http_table(r: Results) -> str:
         f"Median server CPU µs/req over the rounds: {cpu}. At a fixed rate, requests arrive one by one: each "
         "wakes the event loop on its own and a Redis script call carries about one user, so CPU per request is "
         "higher than under the closed-loop load (and half the best rate keeps the worker far busier than half). "
-        "Fixed-rate run: `benchmarks.loadgen` releases "
-        "request *i* at start + i/rate whatever the server does and measures latency from that due time (no "
-        "coordinated omission); wrk2 is not packaged in Debian."
+        "Fixed-rate run (wrk2's model; wrk2 is not packaged in Debian): `benchmarks.loadgen` opens its "
+        "connections first, then releases request *i* at start + i/rate whatever the server does, never "
+        "earlier, and measures latency from that due time (no coordinated omission). Like wrk2, it releases on "
+        "the event loop's 1 ms timer ticks, so a request waits up to 1 ms in the client, and that wait is "
+        "charged to the server's latency."
     )
     return table(headers, rows, align="llrrrrrrrlr") + "\n\n" + note
 

@@ -1,13 +1,20 @@
 """A bounded HTTP/1.1 load generator on asyncio: the fallback when ``wrk`` is absent, and the fixed-rate client.
 
 Two modes, both over keep-alive connections to one loopback address, both bounded in request count
-*and* time (every loop stops by itself):
+*and* time (every run stops by itself):
 
-* **closed loop** (``rate=None``): ``connections`` workers each send their next request as soon as the
-  previous answer is read — what ``wrk -c N`` does. Latency = answer read − request sent.
+* **closed loop** (``rate=None``): each of ``connections`` connections sends its next request as soon
+  as the previous answer is read — what ``wrk -c N`` does. Latency = answer read − request sent.
 * **fixed rate** (``rate=R``): request *i* is due at ``start + i / R`` (open loop; ``wrk2``'s model).
   A free connection sends the oldest due request; latency is measured from the *due* time, so a
   server that falls behind is charged for the queueing it causes (no coordinated omission).
+
+All connections are opened before the clock starts: a run measures requests on established keep-alive
+connections, as a storefront's backend sends them, not TCP handshakes.
+
+Each connection is an :class:`asyncio.Protocol` driven by callbacks (no task, stream or timeout object
+per request): the generator shares the machine's cores with the server it measures, so the less CPU it
+takes per request, the less it disturbs the figures.
 
 Requests rotate over a list of ids: ``path`` (and ``body``) contain ``{id}`` (and ``{item}``), filled
 in turn from ``ids`` (and ``items``), or from the files ``ids_file`` / ``items_file`` (one id a line).
@@ -27,7 +34,7 @@ import contextlib
 import json
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import cycle
@@ -35,7 +42,9 @@ from pathlib import Path
 from typing import Any
 
 DEGRADED = b'"degraded":true'
-_READ_LIMIT = 1 << 20
+_HEAD_END = b"\r\n\r\n"
+_MAX_HEAD = 64 * 1024
+_TICK_S = 0.001
 
 
 @dataclass(frozen=True)
@@ -61,7 +70,12 @@ class Spec:
 
 @dataclass
 class LoadResult:
-    """What a run measured. ``latencies_ms`` is dropped from the JSON output (only percentiles go out)."""
+    """What a run measured. ``latencies_ms`` and ``started`` stay out of the JSON output (percentiles go out).
+
+    ``errors`` counts requests that failed (connection refused or lost, malformed answer) and
+    connections that could not be opened; ``unsent`` counts requests issued but never answered
+    (still queued or in flight when the run's hard time limit struck).
+    """
 
     requests: int = 0
     seconds: float = 0.0
@@ -70,6 +84,7 @@ class LoadResult:
     errors: int = 0
     unsent: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    started: float = 0.0  # time.perf_counter() when the clock started (the connections are open by then)
 
     @property
     def rps(self) -> float:
@@ -85,7 +100,7 @@ class LoadResult:
 
     def summary(self) -> dict[str, Any]:
         """JSON-able facts: counts, rate, p50/p90/p99/max latency."""
-        out = {k: v for k, v in asdict(self).items() if k != "latencies_ms"}
+        out = {k: v for k, v in asdict(self).items() if k not in ("latencies_ms", "started")}
         out.update(rps=self.rps, p50_ms=self.percentile(50), p90_ms=self.percentile(90), p99_ms=self.percentile(99))
         out["max_ms"] = max(self.latencies_ms, default=float("nan"))
         return out
@@ -103,127 +118,213 @@ def requests_of(spec: Spec) -> Iterator[bytes]:
         yield f"{spec.method} {path} HTTP/1.1\r\n{common}{length}\r\n".encode() + body
 
 
-class _Connection:
-    """One keep-alive connection that sends a request and reads its answer."""
-
-    def __init__(self, spec: Spec) -> None:
-        self.spec = spec
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def exchange(self, request: bytes) -> tuple[int, bytes]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.spec.host, self.spec.port, limit=_READ_LIMIT)
-        assert self.reader is not None
-        self.writer.write(request)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        body = await self.reader.readexactly(_content_length(head))
-        return status, body
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
-
-
-def _content_length(head: bytes) -> int:
-    for line in head.split(b"\r\n"):
+def content_length(head: bytes) -> int:
+    """The ``Content-Length`` of a response head (0 when absent); ValueError when it is not a number."""
+    for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             return int(value)
     return 0
 
 
-class _Run:
-    """Shared state of one run: the request source, the bounds and the tallies."""
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: sends a request when idle, parses the answer, hands itself back."""
 
-    def __init__(self, spec: Spec) -> None:
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.since = 0.0  # latency counts from here: the send (closed loop) or the due time (fixed rate)
+        self.busy = False
+        self.head_end = -1
+        self.length = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def send(self, request: bytes, since: float) -> None:
+        assert self.transport is not None
+        self.busy, self.since, self.head_end = True, since, -1
+        self.buffer.clear()
+        self.transport.write(request)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        if self.head_end < 0:
+            end = buffer.find(_HEAD_END)
+            if end < 0:
+                if len(buffer) > _MAX_HEAD:
+                    self._fail()
+                return
+            try:
+                self.length = content_length(bytes(buffer[:end]))
+            except ValueError:
+                self._fail()
+                return
+            self.head_end = end + len(_HEAD_END)
+        if len(buffer) < self.head_end + self.length:
+            return
+        try:
+            status = int(buffer[9:12])
+        except ValueError:
+            self._fail()
+            return
+        self.busy = False
+        self.run.answered(self, status, DEGRADED in buffer, self.since)
+
+    def _fail(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()  # connection_lost follows and counts the error
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.run.lost(self)
+
+
+class _Run:
+    """One run: the request source, the schedule, the free connections and the tallies."""
+
+    def __init__(self, spec: Spec, loop: asyncio.AbstractEventLoop) -> None:
         self.spec = spec
+        self.loop = loop
         self.source = requests_of(spec)
         self.result = LoadResult()
         self.statuses: Counter[str] = Counter()
-        self.started = time.perf_counter()
-        self.deadline = self.started + spec.duration_s
+        self.conns: list[_Connection] = []
+        self.free: deque[_Connection] = deque()
+        self.due: deque[tuple[float, bytes]] = deque()  # fixed rate: released, waiting for a free connection
+        self.open = 0
         self.issued = 0
+        self.failed = 0  # requests whose connection broke (errors also counts connections never opened)
+        self.started = self.deadline = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.rate = spec.rate or 0.0
+        self.done = loop.create_future()
 
-    def take(self) -> bytes | None:
+    async def connect(self) -> None:
+        """Open every connection (in parallel); one that cannot be opened counts as an error."""
+        spec = self.spec
+
+        async def one() -> None:
+            try:
+                _, conn = await self.loop.create_connection(lambda: _Connection(self), spec.host, spec.port)
+            except OSError:
+                self.result.errors += 1
+                return
+            self.open += 1
+            self.conns.append(conn)
+            self.free.append(conn)
+
+        await asyncio.gather(*(one() for _ in range(spec.connections)))
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+        self.deadline = self.started + self.spec.duration_s
+        if not self.free:
+            self._finish()
+        elif self.spec.rate is None:
+            while self.free and self._issue(time.perf_counter()):
+                pass
+        else:
+            self._release()
+
+    def _take(self, now: float) -> bytes | None:
         """The next request, or None once the count or the time is used up."""
-        if self.issued >= self.spec.max_requests or time.perf_counter() >= self.deadline:
+        if self.issued >= self.spec.max_requests or now >= self.deadline:
             return None
         self.issued += 1
         return next(self.source)
 
-    async def send(self, conn: _Connection, request: bytes, since: float) -> None:
-        """Send one request on ``conn`` and record its outcome; latency counts from ``since``."""
-        try:
-            status, body = await asyncio.wait_for(conn.exchange(request), self.spec.timeout_s)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
-            self.result.errors += 1
-            conn.close()
-            return
-        self.result.latencies_ms.append((time.perf_counter() - since) * 1000)
-        self.statuses[str(status)] += 1
-        self.result.degraded += DEGRADED in body
-
-    def finish(self) -> LoadResult:
-        self.result.unsent = self.issued - sum(self.statuses.values()) - self.result.errors
-        self.result.seconds = time.perf_counter() - self.started
-        self.result.requests = sum(self.statuses.values())
-        self.result.statuses = dict(sorted(self.statuses.items()))
-        return self.result
-
-
-async def _closed_worker(run: _Run) -> None:
-    conn = _Connection(run.spec)
-    try:
-        while (request := run.take()) is not None:
-            await run.send(conn, request, time.perf_counter())
-    finally:
-        conn.close()
-
-
-async def _fixed_rate_worker(run: _Run, due: asyncio.Queue[tuple[float, bytes] | None]) -> None:
-    conn = _Connection(run.spec)
-    try:
-        while (job := await due.get()) is not None:
-            await run.send(conn, job[1], job[0])
-    finally:
-        conn.close()
-
-
-async def _dispatch(run: _Run, rate: float, due: asyncio.Queue[tuple[float, bytes] | None], workers: int) -> None:
-    """Release request *i* at ``start + i / rate``; everything already due is released at once."""
-    n = 0
-    while True:
-        scheduled = run.started + n / rate
-        now = time.perf_counter()
-        if scheduled > now:
-            await asyncio.sleep(scheduled - now)
-        request = run.take()
+    def _issue(self, now: float) -> bool:
+        """Closed loop: send the next request on a free connection; False when the run is used up."""
+        request = self._take(now)
         if request is None:
-            break
-        due.put_nowait((scheduled, request))
-        n += 1
-    for _ in range(workers):
-        due.put_nowait(None)
+            self._maybe_finish()
+            return False
+        self.free.popleft().send(request, now)
+        return True
+
+    def _release(self) -> None:
+        """Fixed rate: release every request due by now, send as many as free connections allow, re-arm."""
+        self.timer = None
+        now = time.perf_counter()
+        used_up = False
+        while (due_at := self.started + self.issued / self.rate) <= now:
+            request = self._take(due_at)
+            if request is None:
+                used_up = True
+                break
+            self.due.append((due_at, request))
+        while self.due and self.free:
+            scheduled, request = self.due.popleft()
+            self.free.popleft().send(request, scheduled)
+        if used_up:
+            self._maybe_finish()
+        else:  # libuv's timers tick in whole milliseconds and fire at once below half of one: never spin on them
+            self.timer = self.loop.call_later(max(due_at - time.perf_counter(), _TICK_S), self._release)
+
+    def answered(self, conn: _Connection, status: int, degraded: bool, since: float) -> None:
+        now = time.perf_counter()
+        self.result.latencies_ms.append((now - since) * 1000)
+        self.statuses[str(status)] += 1
+        self.result.degraded += degraded
+        self._hand_back(conn, now)
+
+    def lost(self, conn: _Connection) -> None:
+        self.open -= 1
+        if conn.busy:
+            self.result.errors += 1
+            self.failed += 1
+        with contextlib.suppress(ValueError):
+            self.free.remove(conn)
+        self._maybe_finish()
+
+    def _hand_back(self, conn: _Connection, now: float) -> None:
+        self.free.append(conn)
+        if self.spec.rate is None:
+            self._issue(now)
+        elif self.due:
+            scheduled, request = self.due.popleft()
+            self.free.popleft().send(request, scheduled)
+        else:
+            self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        """Done once nothing more will be issued and nothing is queued or in flight (or no connection is left)."""
+        used_up = self.issued >= self.spec.max_requests or time.perf_counter() >= self.deadline
+        idle = not self.due and len(self.free) == self.open
+        if (used_up and idle) or self.open == 0:
+            self._finish()
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def close(self) -> LoadResult:
+        if self.timer is not None:
+            self.timer.cancel()
+        result = self.result
+        result.started = self.started
+        result.seconds = time.perf_counter() - self.started
+        result.requests = sum(self.statuses.values())
+        result.statuses = dict(sorted(self.statuses.items()))
+        result.unsent = self.issued - result.requests - self.failed
+        return result
 
 
 async def run_load(spec: Spec) -> LoadResult:
     """Run ``spec`` to its end (count, time, or the stragglers' timeout) and return the tallies."""
-    run = _Run(spec)
-    if spec.rate is None:
-        tasks = [_closed_worker(run) for _ in range(spec.connections)]
-    else:
-        due: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
-        workers = [_fixed_rate_worker(run, due) for _ in range(spec.connections)]
-        tasks = [_dispatch(run, spec.rate, due, spec.connections), *workers]
-    futures = [asyncio.ensure_future(task) for task in tasks]
-    _, pending = await asyncio.wait(futures, timeout=spec.duration_s + 2 * spec.timeout_s)
-    for future in pending:  # stragglers past the hard limit: stop them, count what never went out
-        future.cancel()
-    await asyncio.gather(*futures, return_exceptions=True)
-    return run.finish()
+    run = _Run(spec, asyncio.get_running_loop())
+    await run.connect()
+    run.start()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(run.done), spec.duration_s + 2 * spec.timeout_s)
+    result = run.close()
+    for conn in run.conns:
+        if conn.transport is not None:
+            conn.transport.close()
+    return result
 
 
 def run_sync(spec: Spec) -> LoadResult:

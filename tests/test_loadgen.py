@@ -1,0 +1,122 @@
+"""The benchmark's load generator against real loopback servers (asyncio streams) with known answers.
+
+Each server answers the request line it reads; the tests check what the generator counted against
+what the server saw: how many requests, which ids in which order, which answers were degraded, and
+that broken answers or refused connections end a run as errors instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+import uvloop
+
+from benchmarks.loadgen import LoadResult, Spec, content_length, requests_of, run_load
+
+Answer = Callable[[bytes], Awaitable[list[bytes]]]  # request line → the chunks to write back
+
+
+def _response(body: bytes, status: int = 200) -> bytes:
+    head = b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % (status, len(body))
+    return head + body
+
+
+async def _serve(answer: Answer, seen: list[tuple[float, bytes]]) -> asyncio.Server:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                line = head.split(b"\r\n", 1)[0]
+                length = content_length(head)
+                if length:
+                    await reader.readexactly(length)
+                seen.append((time.perf_counter(), line))
+                for chunk in await answer(line):
+                    writer.write(chunk)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def _load(answer: Answer, **spec: object) -> tuple[LoadResult, list[tuple[float, bytes]]]:
+    seen: list[tuple[float, bytes]] = []
+
+    async def main() -> LoadResult:
+        server = await _serve(answer, seen)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            return await run_load(Spec(port=port, **spec))  # type: ignore[arg-type]
+
+    return uvloop.run(main()), seen  # as run_sync: uvloop's timers tick in whole milliseconds
+
+
+async def _ok(line: bytes) -> list[bytes]:
+    user = line.split(b" ")[1].rsplit(b"/", 1)[-1]
+    return [_response(b'{"user":"%s","degraded":%s}' % (user, b"true" if user == b"u2" else b"false"))]
+
+
+@pytest.mark.parametrize("rate", [None, 50_000.0], ids=["closed-loop", "fixed-rate"])
+def test_a_run_sends_exactly_max_requests_rotating_over_the_ids(rate: float | None) -> None:
+    result, seen = _load(_ok, path="/users/{id}", ids=["u1", "u2", "u3"], connections=4, max_requests=30, rate=rate)
+    assert (result.requests, result.errors, result.unsent, result.statuses) == (30, 0, 0, {"200": 30})
+    assert sorted(line for _, line in seen) == sorted(b"GET /users/u%d HTTP/1.1" % (i % 3 + 1) for i in range(30))
+    assert result.degraded == 10  # every third answer (u2's) says degraded
+    assert len(result.latencies_ms) == 30
+    assert min(result.latencies_ms) >= 0
+
+
+def test_fixed_rate_never_sends_a_request_before_it_is_due() -> None:
+    rate, n = 4_000.0, 40  # 0.25 ms apart: below the event loop timers' 1 ms tick
+    result, seen = _load(_ok, path="/users/{id}", ids=["u1"], connections=8, max_requests=n, rate=rate)
+    assert result.requests == n
+    arrivals = sorted(t for t, _ in seen)
+    # request i is due at start + i / rate (the server's clock is the same process's): none arrives earlier
+    assert all(arrival >= result.started + i / rate for i, arrival in enumerate(arrivals))
+
+
+def test_an_answer_split_across_writes_is_read_whole() -> None:
+    body = b'{"items":[' + b",".join(b'"i%d"' % i for i in range(2000)) + b'],"degraded":true}'
+    whole = _response(body, status=404)
+
+    async def in_pieces(line: bytes) -> list[bytes]:
+        return [whole[:20], whole[20:60], whole[60:5000], whole[5000:]]
+
+    result, _ = _load(in_pieces, path="/x", connections=2, max_requests=6)
+    assert (result.requests, result.statuses, result.degraded, result.errors) == (6, {"404": 6}, 6, 0)
+
+
+def test_a_malformed_answer_is_an_error_and_ends_the_run() -> None:
+    async def garbage(line: bytes) -> list[bytes]:
+        return [b"HTTP/1.1 200 OK\r\ncontent-length: lots\r\n\r\n"]
+
+    result, seen = _load(garbage, path="/x", connections=3, max_requests=100, duration_s=30.0)
+    assert (result.requests, result.errors) == (0, 3)  # one per connection, each then closed
+    assert len(seen) == 3
+    assert result.unsent == 0
+
+
+def test_a_refused_connection_is_counted_and_nothing_is_sent() -> None:
+    async def main() -> LoadResult:
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        server.close()
+        await server.wait_closed()  # the port is free again: connecting is refused
+        return await run_load(Spec(port=port, path="/x", connections=5, duration_s=30.0))
+
+    result = uvloop.run(main())
+    assert (result.requests, result.errors, result.unsent) == (0, 5, 0)
+
+
+def test_requests_fill_ids_and_items_in_turn_with_a_body_length() -> None:
+    spec = Spec(port=1, path="/e/{id}", method="POST", body='{"u":"{id}","i":"{item}"}', ids=["a", "b"], items=["x"])
+    first, second, third = (request for request, _ in zip(requests_of(spec), range(3), strict=False))
+    assert first == b'POST /e/a HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 17\r\n\r\n{"u":"a","i":"x"}'
+    assert second.startswith(b"POST /e/b ")
+    assert second.endswith(b'{"u":"b","i":"x"}')
+    assert b"/e/a " in third
