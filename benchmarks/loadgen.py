@@ -49,7 +49,10 @@ _TICK_S = 0.001
 
 @dataclass(frozen=True)
 class Spec:
-    """One load run. ``max_requests`` and ``duration_s`` both bound it; whichever comes first ends it."""
+    """One load run. ``max_requests`` and ``duration_s`` both bound it; whichever comes first ends it.
+
+    Answers still missing ``2 * timeout_s`` after ``duration_s`` are given up (counted as unsent).
+    """
 
     port: int
     path: str
