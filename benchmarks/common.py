@@ -181,7 +181,9 @@ def git_revision() -> str:
         return proc.stdout.strip()
 
     rev = git("rev-parse", "--short", "HEAD") or "unknown"
-    return rev + (" (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else "")
+    # RESULTS.md itself is rewritten by every run: an earlier run's figures in it are not a code change
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/RESULTS.md")
+    return rev + (" (with uncommitted changes)" if changed else "")
 
 
 def machine_info() -> dict[str, str]:
