@@ -808,7 +808,15 @@ def _outage_text(r: Results) -> str:
 
 
 def p99s(loads: list[Load]) -> str:
-    return ", ".join(f"{load.p99_ms:.1f}" for load in loads)
+    """Each run's p99, with its 5xx answers and failed or unanswered requests when it had any."""
+
+    def one(load: Load) -> str:
+        faults = [
+            f"{n:,} {what}" for n, what in ((load.server_errors, "5xx"), (load.errors, "failed or unanswered")) if n
+        ]
+        return f"{load.p99_ms:.1f}" + (f" ({', '.join(faults)})" if faults else "")
+
+    return ", ".join(one(load) for load in loads)
 
 
 def _verdicts(r: Results) -> str:
