@@ -174,7 +174,7 @@ class _Connection(asyncio.Protocol):
             self._fail()
             return
         self.busy = False
-        self.run.answered(self, status, DEGRADED in buffer, self.since)
+        self.run.answered(self, status, DEGRADED in buffer)
 
     def _fail(self) -> None:
         if self.transport is not None:
@@ -259,17 +259,21 @@ class _Run:
                 used_up = True
                 break
             self.due.append((due_at, request))
-        while self.due and self.free:
-            scheduled, request = self.due.popleft()
-            self.free.popleft().send(request, scheduled)
+        self._send_due()
         if used_up:
             self._maybe_finish()
         else:  # libuv's timers tick in whole milliseconds and fire at once below half of one: never spin on them
             self.timer = self.loop.call_later(max(due_at - time.perf_counter(), _TICK_S), self._release)
 
-    def answered(self, conn: _Connection, status: int, degraded: bool, since: float) -> None:
+    def _send_due(self) -> None:
+        """Fixed rate: send released requests, oldest first, while connections are free."""
+        while self.due and self.free:
+            scheduled, request = self.due.popleft()
+            self.free.popleft().send(request, scheduled)
+
+    def answered(self, conn: _Connection, status: int, degraded: bool) -> None:
         now = time.perf_counter()
-        self.result.latencies_ms.append((now - since) * 1000)
+        self.result.latencies_ms.append((now - conn.since) * 1000)
         self.statuses[str(status)] += 1
         self.result.degraded += degraded
         self._hand_back(conn, now)
@@ -288,8 +292,7 @@ class _Run:
         if self.spec.rate is None:
             self._issue(now)
         elif self.due:
-            scheduled, request = self.due.popleft()
-            self.free.popleft().send(request, scheduled)
+            self._send_due()
         else:
             self._maybe_finish()
 
