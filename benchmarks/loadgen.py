@@ -201,6 +201,7 @@ class _Run:
         self.issued = 0
         self.failed = 0  # requests whose connection broke (errors also counts connections never opened)
         self.started = self.deadline = 0.0
+        self.closed = False
         self.timer: asyncio.TimerHandle | None = None
         self.rate = spec.rate or 0.0
         self.done = loop.create_future()
@@ -233,8 +234,8 @@ class _Run:
             self._release()
 
     def _take(self, now: float) -> bytes | None:
-        """The next request, or None once the count or the time is used up."""
-        if self.issued >= self.spec.max_requests or now >= self.deadline:
+        """The next request, or None once the run is :meth:`used_up`."""
+        if self.used_up(now):
             return None
         self.issued += 1
         return next(self.source)
@@ -279,6 +280,8 @@ class _Run:
         self._hand_back(conn, now)
 
     def lost(self, conn: _Connection) -> None:
+        if self.closed:  # closing the connections at the end: a request still in flight is already unsent
+            return
         self.open -= 1
         if conn.busy:
             self.result.errors += 1
@@ -296,11 +299,21 @@ class _Run:
         else:
             self._maybe_finish()
 
+    def used_up(self, now: float) -> bool:
+        """Nothing more will be issued: the count is reached, or the deadline has passed — the clock's in a
+        closed loop, the schedule's at a fixed rate. A request due just before the deadline is released on
+        the next timer tick, which can come after the clock has passed the deadline: the run is not over
+        until it has been sent and answered."""
+        if self.issued >= self.spec.max_requests:
+            return True
+        if self.spec.rate is None:
+            return now >= self.deadline
+        return self.started + self.issued / self.rate >= self.deadline
+
     def _maybe_finish(self) -> None:
         """Done once nothing more will be issued and nothing is queued or in flight (or no connection is left)."""
-        used_up = self.issued >= self.spec.max_requests or time.perf_counter() >= self.deadline
         idle = not self.due and len(self.free) == self.open
-        if (used_up and idle) or self.open == 0:
+        if (idle and self.used_up(time.perf_counter())) or self.open == 0:
             self._finish()
 
     def _finish(self) -> None:
@@ -308,6 +321,7 @@ class _Run:
             self.done.set_result(None)
 
     def close(self) -> LoadResult:
+        self.closed = True
         if self.timer is not None:
             self.timer.cancel()
         result = self.result
