@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from datetime import UTC, datetime, timedelta
@@ -9,9 +10,11 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import polars as pl
 import pytest
 import redis
 
+from features.columns import Columns
 from features.matrix import build_matrix
 from service.contract import (
     HEAD_SIZE,
@@ -95,6 +98,21 @@ def test_publish_writes_the_known_lists(tiny_store: TinyStore, redis_client: red
     assert user(redis_client, v, "u3") == UserRecs(items=["A"], scores=[3.0], segment="bargain", bought=["D"])
     assert user(redis_client, v, "u4") == UserRecs(items=[], scores=[], bought=["F"])
     assert user(redis_client, v, "u9") == UserRecs(items=[], scores=[], segment="bargain")
+
+
+def test_segment_only_users_each_get_their_own_segment(tiny_store: TinyStore, redis_client: redis.Redis) -> None:
+    more = pl.DataFrame(
+        {Columns.USER: ["u9", "n1", "n2", "n3"], Columns.SEGMENT: ["bargain", "vip", "family", "vip"]}
+    )  # u9 and n1-n3 are unknown to the model
+    summary = run(dataclasses.replace(tiny_store, users=pl.concat([tiny_store.users.head(4), more])), redis_client)
+    assert summary.users == 4 + 4
+    got = {u: user(redis_client, summary.version, u) for u in ["u9", "n1", "n2", "n3"]}
+    assert got == {
+        "u9": UserRecs(items=[], scores=[], segment="bargain"),
+        "n1": UserRecs(items=[], scores=[], segment="vip"),
+        "n2": UserRecs(items=[], scores=[], segment="family"),
+        "n3": UserRecs(items=[], scores=[], segment="vip"),
+    }
 
 
 def test_publish_similar_items_drop_items_missing_from_the_catalogue(

@@ -616,10 +616,10 @@ class _Job:
         """
         started = time.perf_counter()
         extra = [u for u in segments if self.model.users.index_of(u) is None]
-        for user in extra:
-            self.writer.set(
-                Keys.user(self.version, user), encode(UserRecs(items=[], scores=[], segment=segments[user]))
-            )
+        payloads = {s: encode(UserRecs(items=[], scores=[], segment=s)) for s in {segments[u] for u in extra}}
+        prefix = Keys.user(self.version, "")  # prefix + id == Keys.user(version, id), as in write_user_lists
+        for user in extra:  # one payload per segment, not one encode per user
+            self.writer.set(prefix + user, payloads[segments[user]])
         self.writer.flush()
         self.user_write_seconds += time.perf_counter() - started
         return len(extra)
