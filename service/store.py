@@ -135,7 +135,7 @@ def unreachable_as_unavailable() -> Iterator[None]:
     try:
         yield
     except _UNREACHABLE as exc:
-        raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc
+        raise _unavailable(exc) from exc
 
 
 class Store:

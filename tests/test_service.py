@@ -8,14 +8,15 @@ toys A C B; books D E F; garden H; vip A C B; bargain D B. Similar: A → B C; B
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import httpx
@@ -262,6 +263,26 @@ def test_responses_during_a_publish_are_entirely_the_previous_version(
     assert (body["publish_version"], body["model_version"], items(body)) == (2, "2", ["D", "B", "C", "E"])
 
 
+S = TypeVar("S", bound=Store)
+
+
+@contextlib.asynccontextmanager
+async def engine_on(
+    redis_url: str, make_store: Callable[[aioredis.Redis], S], *, warm_up: bool = True
+) -> AsyncIterator[tuple[Engine, S, aioredis.Redis]]:
+    """An engine on a store of its own over ``redis_url`` (warmed up unless told); store and client closed after."""
+    client = aioredis.Redis.from_url(redis_url)
+    store = make_store(client)
+    try:
+        engine = Engine(store, Metrics())
+        if warm_up:
+            await engine.warm_up()
+        yield engine, store, client
+    finally:
+        await store.close()
+        await client.aclose()
+
+
 class PublishBetweenReads(Store):
     """Runs a whole publish right after the active version and the user's state are read, before the
     request reads the rest (fallback lists, item metadata) of that version."""
@@ -283,13 +304,10 @@ def test_a_reader_that_read_the_old_active_version_still_gets_it_whole(
         run_publish(tiny_store, redis_client, model=second_model(tiny_store), model_version="2")
 
     async def read() -> Any:
-        client = aioredis.Redis.from_url(redis_url)
-        try:
-            engine = Engine(PublishBetweenReads(client, publish_v2), Metrics())
+        make = functools.partial(PublishBetweenReads, publish_now=publish_v2)
+        async with engine_on(redis_url, make, warm_up=False) as (engine, _, client):
             engine.cache.observe(decode(await client.get(Keys.ACTIVE) or b"", ActiveVersion))  # v1 seen, no list cached
             return await engine.recommend(Query("u1", 4))
-        finally:
-            await client.aclose()
 
     out = asyncio.run(read())
     assert int(redis_client.get(Keys.VERSION_SEQ) or 0) == 2  # v2 was published and made active mid-request
@@ -336,15 +354,9 @@ class RecordingStore(Store):
 
 def test_concurrent_requests_share_one_script_call(published: PublishSummary, redis_url: str) -> None:
     async def read() -> tuple[list[list[str]], list[list[str]]]:
-        client = aioredis.Redis.from_url(redis_url)
-        try:
-            store = RecordingStore(client)
-            engine = Engine(store, Metrics())
-            await engine.warm_up()
+        async with engine_on(redis_url, RecordingStore) as (engine, store, _):
             outs = await asyncio.gather(*(engine.recommend(Query(u, 3)) for u in ["u1", "u3", "u9", "stranger"]))
             return [[i.item_id for i in out.items] for out in outs], store.calls
-        finally:
-            await client.aclose()
 
     answers, calls = asyncio.run(read())
     assert answers == [["C", "B", "D"], ["A", "B", "C"], ["D", "B", "A"], ["A", "D", "C"]]
@@ -384,10 +396,7 @@ def test_requests_wait_while_two_script_calls_are_under_way(published: PublishSu
     assert MAX_IN_FLIGHT == 2
 
     async def read() -> tuple[list[list[str]], list[list[str]]]:
-        client = aioredis.Redis.from_url(redis_url)
-        try:
-            store = GatedStore(client)
-            engine = Engine(store, Metrics())
+        async with engine_on(redis_url, GatedStore, warm_up=False) as (engine, store, client):
             engine.cache.observe(decode(await client.get(Keys.ACTIVE) or b"", ActiveVersion))
             started = functools.partial(asyncio.wait_for, timeout=30)  # a hang is a failure, not a stuck suite
             first = asyncio.ensure_future(engine.recommend(Query("u1", 3)))
@@ -401,8 +410,6 @@ def test_requests_wait_while_two_script_calls_are_under_way(published: PublishSu
                 gate.set()
             outs = await asyncio.gather(first, second, *rest)
             return [[i.item_id for i in out.items] for out in outs], store.calls
-        finally:
-            await client.aclose()
 
     answers, calls = asyncio.run(read())
     assert answers == [["C", "B", "D"], ["A", "B", "C"], ["D", "B", "A"], ["A", "D", "C"]]
@@ -416,19 +423,12 @@ def test_script_calls_reuse_their_connections(
         return int(redis_client.info("stats")["total_connections_received"])
 
     async def read() -> tuple[int, int]:
-        client = aioredis.Redis.from_url(redis_url)
-        store = Store(client)
-        try:
-            engine = Engine(store, Metrics())
-            await engine.warm_up()
+        async with engine_on(redis_url, Store) as (engine, _, _):
             opened = []
             for _ in range(20):  # waves of 4 concurrent requests: one or two script calls each
                 await asyncio.gather(*(engine.recommend(Query(u, 3)) for u in ["u1", "u3", "u9", "stranger"]))
                 opened.append(connections_received())
             return opened[0], opened[-1]
-        finally:
-            await store.close()
-            await client.aclose()
 
     after_first_wave, after_last_wave = asyncio.run(read())
     assert after_last_wave == after_first_wave  # later waves opened no connection
@@ -440,15 +440,9 @@ def test_an_unreadable_payload_fails_only_its_own_request(
     redis_client.set(Keys.user(published.version, "u3"), b"\xc1 not msgpack")
 
     async def read() -> tuple[list[Any], list[list[str]]]:
-        client = aioredis.Redis.from_url(redis_url)
-        try:
-            store = RecordingStore(client)
-            engine = Engine(store, Metrics())
-            await engine.warm_up()
+        async with engine_on(redis_url, RecordingStore) as (engine, store, _):
             queries = (engine.recommend(Query(u, 3)) for u in ["u1", "u3", "u9"])
             return list(await asyncio.gather(*queries, return_exceptions=True)), store.calls
-        finally:
-            await client.aclose()
 
     outcomes, calls = asyncio.run(read())
     assert [[i.item_id for i in out.items] for out in (outcomes[0], outcomes[2])] == [["C", "B", "D"], ["D", "B", "A"]]
@@ -749,21 +743,8 @@ def test_the_version_cache_never_goes_back_to_an_older_version() -> None:
 def test_the_store_reloads_a_flushed_script_and_answers(
     loop: str, published: PublishSummary, redis_url: str, redis_client: redis.Redis
 ) -> None:
-    class Watched(Store):
-        def __init__(self, client: aioredis.Redis) -> None:
-            super().__init__(client)
-            self.calls: list[list[str]] = []
-
-        def script_call(self, pipe: Pipe, version: int, user_ids: Any) -> asyncio.Future[Reply]:
-            self.calls.append(list(user_ids))
-            return super().script_call(pipe, version, user_ids)
-
     async def main() -> tuple[list[list[str]], list[list[str]]]:
-        client = aioredis.Redis.from_url(redis_url)
-        store = Watched(client)
-        try:
-            engine = Engine(store, Metrics())
-            await engine.warm_up()
+        async with engine_on(redis_url, RecordingStore) as (engine, store, client):
             await client.script_load(USER_STATE_LUA)  # loaded whatever earlier tests did (FLUSHALL keeps scripts)
             answers = []
             for flush in (False, False, True):
@@ -771,9 +752,6 @@ def test_the_store_reloads_a_flushed_script_and_answers(
                     await client.script_flush()
                 answers.append([item.item_id for item in (await engine.recommend(Query("u1", 3))).items])
             return answers, store.calls
-        finally:
-            await store.close()
-            await client.aclose()
 
     answers, calls = uvloop.run(main()) if loop == "uvloop" else asyncio.run(main())
     assert answers == [["C", "B", "D"]] * 3
@@ -818,17 +796,10 @@ def test_a_redis_still_loading_its_data_is_an_outage_not_an_error(
         return int(redis_client.info("stats")["total_connections_received"])
 
     async def main() -> tuple[list[tuple[bool, Source]], int, int]:
-        client = aioredis.Redis.from_url(redis_url)
-        store = LoadingRedis(client)
-        try:
-            engine = Engine(store, Metrics())
-            await engine.warm_up()
+        async with engine_on(redis_url, LoadingRedis) as (engine, store, _):
             opened = connections()
             outs = [await engine.recommend(Query("u1", 3)) for _ in range(3)]  # connecting, then connected
             return [(out.degraded, out.source) for out in outs], store.calls, connections() - opened
-        finally:
-            await store.close()
-            await client.aclose()
 
     answers, calls, opened = asyncio.run(main())
     assert answers == [(True, Source.POPULAR)] * 3
@@ -839,11 +810,7 @@ def test_a_call_that_cannot_be_sent_fails_its_requests_and_the_store_goes_on(
     published: PublishSummary, redis_url: str
 ) -> None:
     async def main() -> tuple[BaseException | None, list[str]]:
-        client = aioredis.Redis.from_url(redis_url)
-        store = Store(client)
-        try:
-            engine = Engine(store, Metrics())
-            await engine.warm_up()
+        async with engine_on(redis_url, Store) as (engine, _, _):
             await engine.recommend(Query("u1", 3))  # connected: the next calls take the callback path
             failures: list[Any] = []
             for _ in range(MAX_IN_FLIGHT + 1):  # one by one, so each is a batch: a leaked one would stall the next
@@ -852,9 +819,6 @@ def test_a_call_that_cannot_be_sent_fails_its_requests_and_the_store_goes_on(
             after = await asyncio.wait_for(engine.recommend(Query("u1", 3)), timeout=30)
             errors = [failure for failure in failures if isinstance(failure, UnicodeEncodeError)]
             return (errors[0] if len(errors) == len(failures) else None), [item.item_id for item in after.items]
-        finally:
-            await store.close()
-            await client.aclose()
 
     error, items_after = asyncio.run(main())
     assert isinstance(error, UnicodeEncodeError)  # a lone surrogate has no UTF-8 form
