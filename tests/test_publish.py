@@ -279,6 +279,26 @@ def test_msgpack_strings_are_msgspec_bytes() -> None:
     assert (empty_blob, empty_sizes.tolist()) == (b"", [])
 
 
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ["i0001", "i0042", "i2999"],  # fixed-width ASCII: the fast path
+        ["x"],
+        ["k" * 31, "j" * 31],  # the widest fixstr
+        ["a\x00b", "abc"],  # an embedded NUL is a character like any other
+        ["k" * 32, "j" * 32],  # str8: too wide for the fast path
+        ["i0001", "i042"],  # one id shorter
+        ["i0001", "é0001"],  # same length, one not ASCII
+    ],
+)
+def test_fixed_width_ids_are_msgspec_bytes(ids: list[str]) -> None:
+    """The fixed-width ASCII shortcut, and the near misses that must take the general path, agree with msgspec."""
+    blob, sizes = msgpack_strings(np.array(ids * 3))
+    expected = [msgspec.msgpack.encode(i) for i in ids * 3]
+    assert blob == b"".join(expected)
+    assert sizes.tolist() == [len(e) for e in expected]
+
+
 def test_msgpack_strings_refuse_lone_surrogates() -> None:
     with pytest.raises(ValueError, match="lone surrogate"):
         msgpack_strings(np.array(["ok", "bad\ud800"]))
