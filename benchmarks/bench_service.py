@@ -36,9 +36,11 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
-from benchmarks.common import REPO, Ctx, median, table
+import redis
+
+from benchmarks.common import REPO, BenchError, Ctx, median, table
 from service.redis_server import LocalRedis, free_port
 
 if TYPE_CHECKING:
@@ -116,10 +118,12 @@ def publish_step(folder: str, redis_url: str) -> dict[str, Any]:
     catalogue, users = pl.read_parquet(store / "catalogue.parquet"), pl.read_parquet(store / "users.parquet")
     model = Recommender.load(root / "model")
     client = redis.Redis.from_url(redis_url, socket_timeout=60)
+    forks = quiet_aof(client)
     summary = publish(
         model, events=events, catalogue=catalogue, users=users, redis_client=client, top_n=TOP_N,
         info=PublishInfo(model_name="bench-als", model_version="1"), progress=False,
     )  # fmt: skip
+    rewrites = _forks(client) - forks
     model_users = model.users.external.tolist()
     (root / "users.txt").write_text("\n".join(users[Columns.USER].to_list()) + "\n")
     (root / "items.txt").write_text("\n".join(model.items.external.tolist()) + "\n")
@@ -134,7 +138,33 @@ def publish_step(folder: str, redis_url: str) -> dict[str, Any]:
         "user_write_seconds": summary.user_write_seconds,
         "payload_bytes": _mean_payload(client, summary.version, model_users[:: max(1, len(model_users) // 2000)]),
         "sample_user": model_users[0],
+        "aof_rewrites": rewrites,
     }
+
+
+AOF_QUIET_TIMEOUT_S: Final = 300
+
+
+def quiet_aof(client: Any) -> int:
+    """Wait until Redis runs no AOF rewrite (nor has one scheduled); return its fork count so far.
+
+    The embedded server rewrites its append-only file in a forked child whenever the file has doubled
+    since the last rewrite (Redis' default). The child takes a core and the copy-on-write faults slow the
+    server, so a timed write must not start during a rewrite that an earlier step's writes triggered;
+    one its own writes trigger is counted (forks after - forks before) and shown in the report.
+    """
+    deadline = time.monotonic() + AOF_QUIET_TIMEOUT_S
+    while True:
+        info = client.info("persistence")
+        if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
+            return _forks(client)
+        if time.monotonic() > deadline:
+            raise BenchError(f"Redis was still rewriting its AOF after {AOF_QUIET_TIMEOUT_S} s")
+        time.sleep(0.1)
+
+
+def _forks(client: Any) -> int:
+    return int(client.info("stats")["total_forks"])
 
 
 def _mean_payload(client: Any, version: int, users: list[str]) -> int:
@@ -182,6 +212,7 @@ def write_only_step(redis_url: str, users: int, items: int, batch: int = 2048) -
     segments = {u: ("family", "casual", "bargain", "premium")[i % 4] for i, u in enumerate(user_ids.tolist())}
     client = redis.Redis.from_url(redis_url, socket_timeout=60)
     writer, version, seconds, cpu = BatchWriter(client), 999_999, 0.0, 0.0
+    forks = quiet_aof(client)
     for start in range(0, users, batch):
         n = min(batch, users - start)
         scores = -np.sort(-rng.random((n, TOP_N), dtype=np.float32), axis=1)
@@ -190,9 +221,11 @@ def write_only_step(redis_url: str, users: int, items: int, batch: int = 2048) -
         write_user_lists(writer, version, recs, segments)
         seconds += time.perf_counter() - started
         cpu += time.process_time() - started_cpu
+    rewrites = _forks(client) - forks
     written = delete_namespace(client, version)
     return {"users": users, "seconds": seconds, "cpu_seconds": cpu, "send_seconds": writer.seconds,
-            "users_per_s": users / seconds, "bytes": writer.bytes, "keys": written}  # fmt: skip
+            "users_per_s": users / seconds, "bytes": writer.bytes, "keys": written,
+            "aof_rewrites": rewrites}  # fmt: skip
 
 
 def redis_py_sets_step(redis_url: str, size: int, n: int) -> dict[str, Any]:
@@ -208,6 +241,7 @@ def redis_py_sets_step(redis_url: str, size: int, n: int) -> dict[str, Any]:
     value = os.urandom(size)
     keys = [f"bench:set:{i}" for i in range(n)]
     batches = [keys[start : start + KEYS_PER_COMMAND] for start in range(0, n, KEYS_PER_COMMAND)]
+    quiet_aof(client)
     started = time.perf_counter()
     for names in batches:
         pipe = client.pipeline(transaction=False)
@@ -215,6 +249,7 @@ def redis_py_sets_step(redis_url: str, size: int, n: int) -> dict[str, Any]:
             pipe.set(name, value)
         pipe.execute()
     set_seconds = time.perf_counter() - started
+    quiet_aof(client)
     started = time.perf_counter()
     for names in batches:
         client.mset(dict.fromkeys(names, value))
@@ -620,7 +655,9 @@ def _set_rates(ctx: Ctx, redis_proc: LocalRedis, size: int) -> list[list[object]
     tool = shutil.which("redis-benchmark") or ""
     if not tool:
         ctx.log("redis-benchmark not found (Debian package redis-tools): only the redis-py loop")
+    client = redis.Redis.from_url(redis_proc.url)
     for clients in (50, 1) if tool else ():
+        quiet_aof(client)  # the timed write before this one may have set off a rewrite
         command = [
             tool, "-h", "127.0.0.1", "-p", str(redis_proc.port), "-P", "16", "-t", "set", "-q",
             "-n", str(REDIS_BENCH_SETS), "-d", str(size), "-c", str(clients),
@@ -636,6 +673,7 @@ def _set_rates(ctx: Ctx, redis_proc: LocalRedis, size: int) -> list[list[object]
 
 def _load_runs(ctx: Ctx, runner: LoadRunner, redis_proc: LocalRedis, results: Results) -> None:
     duration = QUICK_DURATION_S if ctx.quick else DURATION_S
+    quiet_aof(redis.Redis.from_url(redis_proc.url))  # no AOF rewrite left over from the write benchmarks
     results.tool, results.loadavg = runner.tool, ", ".join(f"{x:.1f}" for x in os.getloadavg())
     ctx.log(f"load with {runner.tool}; warm-up")
     paired = (CEILING, SIGNATURE, RECS)
@@ -739,14 +777,15 @@ def _setup_text(r: Results, users: int, ctx: Ctx) -> str:
 
 def _publish_table(r: Results) -> str:
     p, w = r.publish, r.write
-    headers = ["what", "users", "keys", "MB", "seconds", "of which sending", "client CPU s", "users/s writing"]
+    headers = ["what", "users", "keys", "MB", "seconds", "of which sending", "client CPU s", "AOF rewrites",
+               "users/s writing"]  # fmt: skip
     rows = [
-        ["`publish` (real run, whole)", p["users"], p["keys"], p["mb"], p["seconds"], "", "",
+        ["`publish` (real run, whole)", p["users"], p["keys"], p["mb"], p["seconds"], "", "", p["aof_rewrites"],
          p["users"] / p["seconds"]],
         ["`publish`: its user-list write phase", p["model_users"], p["model_users"], "", p["user_write_seconds"], "",
-         "", p["model_users"] / p["user_write_seconds"]],
+         "", "", p["model_users"] / p["user_write_seconds"]],
         ["`write_user_lists` alone (numpy-built top-100 lists)", w["users"], w["keys"], w["bytes"] / 1e6,
-         w["seconds"], w["send_seconds"], w["cpu_seconds"], w["users_per_s"]],
+         w["seconds"], w["send_seconds"], w["cpu_seconds"], w["aof_rewrites"], w["users_per_s"]],
     ]  # fmt: skip
     note = (
         f"*users/s writing* excludes model scoring: rows → `UserRecs` → msgpack → MSETs of 1000 keys (flushed). "
@@ -755,7 +794,11 @@ def _publish_table(r: Results) -> str:
         f"bound. The whole run also scores, builds fallback and similar-items lists and switches the version. "
         f"*of which sending*: time inside `BatchWriter` flushes (packing, socket, Redis); *client CPU s*: the "
         f"publishing process's CPU time in the timed sections (wall minus that = waiting for Redis or for a "
-        f"core). Mean user payload {p['payload_bytes']:,} bytes."
+        f"core). *AOF rewrites*: background rewrites of Redis' append-only file that ran during the step (Redis "
+        f"forks one whenever the file has doubled since the last; the child takes a core, and copy-on-write "
+        f"slows the server). Every timed write here starts only once no rewrite set off by an earlier step is "
+        f"running; one that its own writes set off is counted here (the real run writes into an empty server, "
+        f"whose first rewrite comes at 64 MB). Mean user payload {p['payload_bytes']:,} bytes."
     )
     return table(headers, rows, align="lrrrrrrr") + "\n\n" + note
 
