@@ -145,19 +145,14 @@ def publish_step(folder: str, redis_url: str) -> dict[str, Any]:
 AOF_QUIET_TIMEOUT_S: Final = 300
 
 
-def quiet_aof(client: Any, *, compact: bool = False) -> int:
+def quiet_aof(client: Any) -> int:
     """Wait until Redis runs no AOF rewrite (nor has one scheduled); return its fork count so far.
 
     The embedded server rewrites its append-only file in a forked child whenever the file has doubled
     since the last rewrite (Redis' default). The child takes a core and the copy-on-write faults slow the
     server, so a timed write must not start during a rewrite that an earlier step's writes triggered;
-    one its own writes trigger is counted (forks after - forks before) and shown in the report. With
-    ``compact``, the file is rewritten first (and waited for), so the next doubling is measured from
-    the data held now, as on a server in steady state, not from what earlier steps wrote and deleted.
+    one its own writes trigger is counted (forks after - forks before) and shown in the report.
     """
-    if compact:
-        quiet_aof(client)
-        client.bgrewriteaof()
     deadline = time.monotonic() + AOF_QUIET_TIMEOUT_S
     while True:
         info = client.info("persistence")
@@ -217,7 +212,7 @@ def write_only_step(redis_url: str, users: int, items: int, batch: int = 2048) -
     segments = {u: ("family", "casual", "bargain", "premium")[i % 4] for i, u in enumerate(user_ids.tolist())}
     client = redis.Redis.from_url(redis_url, socket_timeout=60)
     writer, version, seconds, cpu = BatchWriter(client), 999_999, 0.0, 0.0
-    forks = quiet_aof(client, compact=True)
+    forks = quiet_aof(client)
     for start in range(0, users, batch):
         n = min(batch, users - start)
         scores = -np.sort(-rng.random((n, TOP_N), dtype=np.float32), axis=1)
@@ -802,9 +797,8 @@ def _publish_table(r: Results) -> str:
         f"core). *AOF rewrites*: background rewrites of Redis' append-only file that ran during the step (Redis "
         f"forks one whenever the file has doubled since the last; the child takes a core, and copy-on-write "
         f"slows the server). Every timed write here starts only once no rewrite set off by an earlier step is "
-        f"running; one that its own writes set off is counted here. The real run writes into an empty server, "
-        f"whose first rewrite comes at 64 MB; `write_user_lists` alone starts on a freshly rewritten file, as on "
-        f"a server in steady state. Mean user payload {p['payload_bytes']:,} bytes."
+        f"running; one that its own writes set off is counted here (the real run writes into an empty server, "
+        f"whose first rewrite comes at 64 MB). Mean user payload {p['payload_bytes']:,} bytes."
     )
     return table(headers, rows, align="lrrrrrrr") + "\n\n" + note
 
