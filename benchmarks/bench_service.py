@@ -106,7 +106,6 @@ def prepare_step(out: str, users: int) -> dict[str, Any]:
 def publish_step(folder: str, redis_url: str) -> dict[str, Any]:
     """Publish the model; write the id files the load generators rotate over and a sample response."""
     import polars as pl
-    import redis
 
     from features.columns import Columns
     from training.models.base import Recommender
@@ -201,7 +200,6 @@ def write_only_step(redis_url: str, users: int, items: int, batch: int = 2048) -
     nothing else uses, then deleted.
     """
     import numpy as np
-    import redis
 
     from training.models.base import Recommendations
     from training.publish import BatchWriter, delete_namespace, write_user_lists
@@ -233,7 +231,6 @@ def redis_py_sets_step(redis_url: str, size: int, n: int) -> dict[str, Any]:
 
     The client-side floor of the publisher's writes (which use MSETs of ``KEYS_PER_COMMAND`` keys).
     """
-    import redis
 
     from training.publish import KEYS_PER_COMMAND
 

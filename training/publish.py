@@ -796,7 +796,7 @@ def msgpack_strings(ids: npt.NDArray[np.str_]) -> tuple[bytes, npt.NDArray[np.in
     width = codes.shape[1]
     if width < 32 and int(chars.min(initial=width)) == width and int(codes.max(initial=0)) < 0x80:
         return _fixed_width_ascii(codes), np.full(len(codes), 1 + width, dtype=np.int64)
-    inside = _inside(chars, codes.shape[1])  # N×W: the code points that belong to each id
+    inside = _inside(chars, width)  # N×W: the code points that belong to each id
     utf8, keep = _utf8(codes, inside)
     sizes = chars if utf8.shape[1] == codes.shape[1] else np.count_nonzero(keep, axis=1)  # ASCII: 1 byte/char
     header, header_keep, header_sizes = _str_headers(sizes)
