@@ -27,7 +27,7 @@ import msgspec
 from prometheus_client import Counter
 
 from service import ranking
-from service.contract import ActiveVersion, ItemMeta, Keys, RecList
+from service.contract import ActiveVersion, ContractError, ItemMeta, Keys, RecList
 from service.errors import InvalidInputError, NotFoundError, NotPublishedError, StoreUnavailableError, UnavailableError
 from service.metrics import Metrics
 from service.ranking import Chosen
@@ -161,11 +161,21 @@ class Engine:
         """``read(version)`` in the active version, in one round trip in the steady state.
 
         ``read`` returns the active record with what it read in the version it was given: the version
-        seen last is guessed, and the read repeated in the active one if the guess was wrong.
+        seen last is guessed, and the read repeated in the active one if the guess was wrong. A read that
+        cannot be decoded is repeated too if the guess was stale (the old version's payloads no longer matter).
         """
         guess = self.cache.version or 0  # versions start at 1: 0 reads nothing, then the real one is read
         for _ in range(_READ_ATTEMPTS):
-            active, value = await read(guess)
+            try:
+                active, value = await read(guess)
+            except ContractError:
+                # Unreadable: in the guessed version only (an old one, its payloads no longer served), or in the
+                # active one too. Only the active version decides; an error there fails the request.
+                active = await self.store.active()
+                if active is None or active.version == guess:
+                    raise
+                guess = active.version
+                continue
             if active is None:
                 raise NotPublishedError("nothing has been published yet: run `tailor publish`")
             if active.version == guess:

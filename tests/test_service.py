@@ -297,6 +297,16 @@ class PublishBetweenReads(Store):
         return call
 
 
+def test_a_stale_version_guess_is_not_decoded(
+    client: TestClient[Any], tiny_store: TinyStore, redis_client: redis.Redis
+) -> None:
+    assert items(recommend(client, "u1", k=2)) == ["C", "B"]  # version 1 is now the guess
+    run_publish(tiny_store, redis_client, model=second_model(tiny_store), model_version="2")
+    redis_client.set(Keys.user(1, "u1"), b"\xc1 not msgpack")  # read with the stale guess, and must not matter
+    body = recommend(client, "u1", k=2)  # the guessed version 1 was stale: read again in version 2
+    assert (body["publish_version"], body["model_version"], items(body)) == (2, "2", ["D", "B"])
+
+
 def test_a_reader_that_read_the_old_active_version_still_gets_it_whole(
     published: PublishSummary, tiny_store: TinyStore, redis_client: redis.Redis, redis_url: str
 ) -> None:
