@@ -861,6 +861,11 @@ def p99s(loads: list[Load]) -> str:
     return ", ".join(one(load) for load in loads)
 
 
+def busy(loads: list[Load]) -> str:
+    """How busy each run kept the server's one core: its CPU time per request × requests/s."""
+    return ", ".join(f"{load.server_cpu_us * load.rps / 1e6:.0%}" for load in loads)
+
+
 def _verdicts(r: Results) -> str:
     recs, ceiling, half = r.best[RECS.name], r.best[CEILING.name], r.half
     assert half is not None
@@ -881,7 +886,8 @@ def _verdicts(r: Results) -> str:
          half.p99_ms <= TARGET_HALF_LOAD_P99_MS and all(h.server_errors == 0 and h.errors == 0 for h in r.half_runs),
          f"median p99 of {len(r.half_runs)} runs {half.p99_ms:.1f} ms at {half.rps:,.0f} req/s (fixed rate "
          f"{half.target_rps or 0:,.0f}); each run: {p99s(r.half_runs)} ms; the ceiling at the same rate: "
-         f"{p99s(r.half_ceiling_runs)} ms"),
+         f"{p99s(r.half_ceiling_runs)} ms; the worker's core busy (server CPU per request × rate) in each run: "
+         f"{busy(r.half_runs)}, against {recs.server_cpu_us * recs.rps / 1e6:.0%} in the best closed-loop round"),
         (f"publish writes ≥ {TARGET_PUBLISH_USERS_PER_S:,} users/s to Redis, scoring excluded",
          writing >= TARGET_PUBLISH_USERS_PER_S,
          f"{writing:,.0f} users/s (the lower of the real run's write phase and `write_user_lists` alone)"),
