@@ -375,6 +375,11 @@ class Load:
         return self.requests / self.seconds if self.seconds > 0 else 0.0
 
     @property
+    def core_busy(self) -> float:
+        """How busy the run kept the server's one core: its CPU time per request × requests/s."""
+        return self.server_cpu_us * self.rps / 1e6
+
+    @property
     def server_errors(self) -> int:
         return sum(n for code, n in self.statuses.items() if code.startswith("5"))
 
@@ -623,7 +628,8 @@ def _measure_all(ctx: Ctx, data: Path, redis_proc: LocalRedis) -> Results:
         "benchmarks.bench_service:write_only_step", redis_url=redis_proc.url, users=pub["users"], items=pub["items"]
     ).result
     ctx.log("raw SET rate of the same server")
-    set_rates = _set_rates(ctx, redis_proc, pub["payload_bytes"])
+    client = redis.Redis.from_url(redis_proc.url)  # for waiting out AOF rewrites between the timed steps
+    set_rates = _set_rates(ctx, redis_proc, client, pub["payload_bytes"])
     sample_file = ctx.work / "ceiling.json"
     sample = ctx.measure(
         "benchmarks.bench_service:sample_response_step",
@@ -640,19 +646,20 @@ def _measure_all(ctx: Ctx, data: Path, redis_proc: LocalRedis) -> Results:
         assert server.proc is not None
         pidfile = redis_proc.settings.redis_dir / "redis.pid"
         runner = LoadRunner(server.port, ctx.work, data / "users.txt", data / "items.txt", server.proc.pid, pidfile)
+        quiet_aof(client)  # no AOF rewrite left over from the write benchmarks
         _load_runs(ctx, runner, redis_proc, results)
     finally:
         server.stop()
+        client.close()
     return results
 
 
-def _set_rates(ctx: Ctx, redis_proc: LocalRedis, size: int) -> list[list[object]]:
+def _set_rates(ctx: Ctx, redis_proc: LocalRedis, client: redis.Redis, size: int) -> list[list[object]]:
     """Raw pipelined SET rates of ``size``-byte values: redis-benchmark (if installed) and redis-py."""
     rows: list[list[object]] = []
     tool = shutil.which("redis-benchmark") or ""
     if not tool:
         ctx.log("redis-benchmark not found (Debian package redis-tools): only the redis-py loop")
-    client = redis.Redis.from_url(redis_proc.url)
     for clients in (50, 1) if tool else ():
         quiet_aof(client)  # the timed write before this one may have set off a rewrite
         command = [
@@ -670,7 +677,6 @@ def _set_rates(ctx: Ctx, redis_proc: LocalRedis, size: int) -> list[list[object]
 
 def _load_runs(ctx: Ctx, runner: LoadRunner, redis_proc: LocalRedis, results: Results) -> None:
     duration = QUICK_DURATION_S if ctx.quick else DURATION_S
-    quiet_aof(redis.Redis.from_url(redis_proc.url))  # no AOF rewrite left over from the write benchmarks
     results.tool, results.loadavg = runner.tool, ", ".join(f"{x:.1f}" for x in os.getloadavg())
     ctx.log(f"load with {runner.tool}; warm-up")
     paired = (CEILING, SIGNATURE, RECS)
@@ -823,8 +829,9 @@ def _http_table(r: Results) -> str:
     cpu = ", ".join(f"{name} {us:,.0f}" for name, us in r.cpu_us.items())
     note = (
         f"Median server CPU µs/req over the rounds: {cpu}. At a fixed rate, requests arrive one by one: each "
-        "wakes the event loop on its own and a Redis script call carries about one user, so CPU per request is "
-        "higher than under the closed-loop load (and half the best rate keeps the worker far busier than half). "
+        "wakes the event loop on its own and a Redis script call carries two or three users instead of about a "
+        "dozen, so CPU per request is higher than under the closed-loop load (and half the best rate keeps the "
+        "worker far busier than half). "
         "Fixed-rate run (wrk2's model; wrk2 is not packaged in Debian): `benchmarks.loadgen` opens its "
         "connections first, then releases request *i* at start + i/rate whatever the server does, never "
         "earlier, and measures latency from that due time (no coordinated omission). Like wrk2, it releases on "
@@ -862,8 +869,8 @@ def p99s(loads: list[Load]) -> str:
 
 
 def busy(loads: list[Load]) -> str:
-    """How busy each run kept the server's one core: its CPU time per request × requests/s."""
-    return ", ".join(f"{load.server_cpu_us * load.rps / 1e6:.0%}" for load in loads)
+    """Each run's :attr:`Load.core_busy`."""
+    return ", ".join(f"{load.core_busy:.0%}" for load in loads)
 
 
 def _verdicts(r: Results) -> str:
@@ -887,7 +894,7 @@ def _verdicts(r: Results) -> str:
          f"median p99 of {len(r.half_runs)} runs {half.p99_ms:.1f} ms at {half.rps:,.0f} req/s (fixed rate "
          f"{half.target_rps or 0:,.0f}); each run: {p99s(r.half_runs)} ms; the ceiling at the same rate: "
          f"{p99s(r.half_ceiling_runs)} ms; the worker's core busy (server CPU per request × rate) in each run: "
-         f"{busy(r.half_runs)}, against {recs.server_cpu_us * recs.rps / 1e6:.0%} in the best closed-loop round"),
+         f"{busy(r.half_runs)}, against {busy([recs])} in the best closed-loop round"),
         (f"publish writes ≥ {TARGET_PUBLISH_USERS_PER_S:,} users/s to Redis, scoring excluded",
          writing >= TARGET_PUBLISH_USERS_PER_S,
          f"{writing:,.0f} users/s (the lower of the real run's write phase and `write_user_lists` alone)"),
