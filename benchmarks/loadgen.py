@@ -110,10 +110,19 @@ class LoadResult:
 
 
 def requests_of(spec: Spec) -> Iterator[bytes]:
-    """Encoded requests, rotating over ``ids`` and ``items`` (endless; the caller bounds it)."""
-    common = "".join(f"{k}: {v}\r\n" for k, v in {"Host": spec.host, **spec.headers}.items())
+    """Encoded requests, rotating over ``ids`` and ``items`` (endless; the caller bounds it).
+
+    The id files are read here, when it is called, not on the first request: a run calls it before its
+    clock starts, so reading 100,000 ids (about 7 ms) does not hold back the first requests due and get
+    charged to the server as latency.
+    """
     ids = Path(spec.ids_file).read_text().split() if spec.ids_file else spec.ids
     items = Path(spec.items_file).read_text().split() if spec.items_file else spec.items
+    return _encoded(spec, ids, items)
+
+
+def _encoded(spec: Spec, ids: list[str], items: list[str]) -> Iterator[bytes]:
+    common = "".join(f"{k}: {v}\r\n" for k, v in {"Host": spec.host, **spec.headers}.items())
     for user, item in zip(cycle(ids), cycle(items), strict=False):
         path = spec.path.replace("{id}", user).replace("{item}", item)
         body = spec.body.replace("{id}", user).replace("{item}", item).encode()

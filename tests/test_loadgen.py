@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 import uvloop
@@ -146,6 +147,22 @@ def test_a_refused_connection_is_counted_and_nothing_is_sent() -> None:
 
     result = uvloop.run(main())
     assert (result.requests, result.errors, result.unsent) == (0, 5, 0)
+
+
+def test_the_id_files_are_read_before_the_clock_starts(tmp_path: Path) -> None:
+    ids, items = tmp_path / "ids.txt", tmp_path / "items.txt"
+    ids.write_text("a\nb\n")
+    items.write_text("x\n")
+
+    spec = Spec(port=1, path="/{id}/{item}", ids_file=str(ids), items_file=str(items))
+
+    async def prepared() -> _Run:
+        return _Run(spec, asyncio.get_running_loop())
+
+    run = uvloop.run(prepared())
+    ids.write_text("late\n")  # what a file read on the first request (after the clock started) would see
+    items.unlink()
+    assert next(run.source).startswith(b"GET /a/x HTTP/1.1\r\n")
 
 
 def test_requests_fill_ids_and_items_in_turn_with_a_body_length() -> None:
