@@ -369,6 +369,7 @@ class Load:
     target_rps: float | None = None
     server_cpu_us: float = float("nan")  # server process CPU per request
     redis_cpu_us: float = float("nan")  # redis-server CPU per request
+    client_lag_ms: float = float("nan")  # fixed rate: the load generator's own delay (LoadResult.release_lag_ms)
 
     @property
     def rps(self) -> float:
@@ -500,7 +501,7 @@ def _parse_loadgen(out: str, running: Running) -> Load:
     return Load(
         "benchmarks.loadgen (asyncio)" + (", fixed rate" if running.rate else ""), running.connections,
         data["requests"], data["seconds"], data["p50_ms"], data["p99_ms"], data["statuses"], data["degraded"],
-        data["errors"] + data["unsent"], running.rate,
+        data["errors"] + data["unsent"], running.rate, client_lag_ms=data["release_lag_ms"],
     )  # fmt: skip
 
 
@@ -836,7 +837,9 @@ def _http_table(r: Results) -> str:
         "connections first, then releases request *i* at start + i/rate whatever the server does, never "
         "earlier, and measures latency from that due time (no coordinated omission). Like wrk2, it releases on "
         "the event loop's 1 ms timer ticks, so a request waits up to 1 ms in the client, and that wait is "
-        "charged to the server's latency."
+        "charged to the server's latency. It also reports its own delay: the latest it released a request after "
+        "its due time. Much more than 1 ms means the client itself did not run meanwhile (the VM stalled, or "
+        "every core was taken), and the requests due then were charged a wait that no server could avoid."
     )
     return table(headers, rows, align="llrrrrrrrlr") + "\n\n" + note
 
@@ -868,6 +871,11 @@ def p99s(loads: list[Load]) -> str:
     return ", ".join(one(load) for load in loads)
 
 
+def lags(loads: list[Load]) -> str:
+    """Each run's :attr:`Load.client_lag_ms`."""
+    return ", ".join(f"{load.client_lag_ms:.1f}" for load in loads)
+
+
 def busy(loads: list[Load]) -> str:
     """Each run's :attr:`Load.core_busy`."""
     return ", ".join(f"{load.core_busy:.0%}" for load in loads)
@@ -894,7 +902,8 @@ def _verdicts(r: Results) -> str:
          f"median p99 of {len(r.half_runs)} runs {half.p99_ms:.1f} ms at {half.rps:,.0f} req/s (fixed rate "
          f"{half.target_rps or 0:,.0f}); each run: {p99s(r.half_runs)} ms; the ceiling at the same rate: "
          f"{p99s(r.half_ceiling_runs)} ms; the worker's core busy (server CPU per request × rate) in each run: "
-         f"{busy(r.half_runs)}, against {busy([recs])} in the best closed-loop round"),
+         f"{busy(r.half_runs)}, against {busy([recs])} in the best closed-loop round; the load generator's own "
+         f"delay (the latest it released a request after its due time) in each run: {lags(r.half_runs)} ms"),
         (f"publish writes ≥ {TARGET_PUBLISH_USERS_PER_S:,} users/s to Redis, scoring excluded",
          writing >= TARGET_PUBLISH_USERS_PER_S,
          f"{writing:,.0f} users/s (the lower of the real run's write phase and `write_user_lists` alone)"),

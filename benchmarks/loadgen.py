@@ -78,6 +78,11 @@ class LoadResult:
     ``errors`` counts requests that failed (connection refused or lost, malformed answer) and
     connections that could not be opened; ``unsent`` counts requests issued but never answered
     (still queued or in flight when the run's hard time limit struck).
+
+    ``release_lag_ms`` is the client's own delay, which every latency includes: at a fixed rate, the most
+    any request was released after its due time. A timer tick accounts for up to about 1 ms; more means
+    the client itself did not run (the machine was stalled, or its cores were all taken), so the requests
+    due meanwhile were charged time that no server could have avoided.
     """
 
     requests: int = 0
@@ -86,6 +91,7 @@ class LoadResult:
     degraded: int = 0
     errors: int = 0
     unsent: int = 0
+    release_lag_ms: float = 0.0  # fixed rate: the latest the client released a request after it was due
     latencies_ms: list[float] = field(default_factory=list)
     started: float = 0.0  # time.perf_counter() when the clock started (the connections are open by then)
 
@@ -263,12 +269,15 @@ class _Run:
         self.timer = None
         now = time.perf_counter()
         used_up = False
+        oldest = now
         while (due_at := self.started + self.issued / self.rate) <= now:
             request = self._take(due_at)
             if request is None:
                 used_up = True
                 break
+            oldest = min(oldest, due_at)
             self.due.append((due_at, request))
+        self.result.release_lag_ms = max(self.result.release_lag_ms, (now - oldest) * 1000)
         self._send_due()
         if used_up:
             self._maybe_finish()

@@ -81,6 +81,22 @@ def test_fixed_rate_never_sends_a_request_before_it_is_due() -> None:
     assert all(arrival >= result.started + i / rate for i, arrival in enumerate(arrivals))
 
 
+def test_a_late_release_is_reported_as_the_clients_own_lag() -> None:
+    async def released_late() -> _Run:
+        run = _Run(Spec(port=1, path="/{id}", rate=1_000.0, duration_s=10.0), asyncio.get_running_loop())
+        run.started = time.perf_counter() - 0.050  # as if the client had not run for the first 50 ms
+        run.deadline = run.started + 10.0
+        run._release()
+        assert run.timer is not None
+        run.timer.cancel()
+        return run
+
+    run = uvloop.run(released_late())
+    assert len(run.due) >= 50  # everything due in those 50 ms went out at once...
+    assert run.result.release_lag_ms >= 50.0  # ...and the oldest of them 50 ms late
+    assert run.result.release_lag_ms == run.close().summary()["release_lag_ms"]
+
+
 def test_a_fixed_rate_run_is_not_over_until_its_last_request_due_before_the_deadline_is_sent() -> None:
     # The last request due before the deadline is released on the timer tick after its due time, which
     # can come after an answer has already seen the clock past the deadline. The run used to end on
