@@ -269,15 +269,16 @@ class _Run:
         self.timer = None
         now = time.perf_counter()
         used_up = False
-        oldest = now
+        first = self.issued
         while (due_at := self.started + self.issued / self.rate) <= now:
             request = self._take(due_at)
             if request is None:
                 used_up = True
                 break
-            oldest = min(oldest, due_at)
             self.due.append((due_at, request))
-        self.result.release_lag_ms = max(self.result.release_lag_ms, (now - oldest) * 1000)
+        if self.issued > first:  # requests are due in order: the first one released waited longest
+            lag_ms = (now - self.started - first / self.rate) * 1000
+            self.result.release_lag_ms = max(self.result.release_lag_ms, lag_ms)
         self._send_due()
         if used_up:
             self._maybe_finish()
