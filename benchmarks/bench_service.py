@@ -370,6 +370,7 @@ class Load:
     server_cpu_us: float = float("nan")  # server process CPU per request
     redis_cpu_us: float = float("nan")  # redis-server CPU per request
     client_lag_ms: float = float("nan")  # fixed rate: the load generator's own delay (LoadResult.release_lag_ms)
+    steal_ms: float = float("nan")  # the hypervisor's steal time over all vCPUs during the run (Linux guests)
 
     @property
     def rps(self) -> float:
@@ -407,6 +408,7 @@ class Running:
     connections: int
     rate: float | None
     cpu_before: tuple[float, float]
+    steal_before: float
 
 
 @dataclass
@@ -456,15 +458,16 @@ class LoadRunner:
         requests = max(1, load.requests)
         load.server_cpu_us = (cpu_after[0] - running.cpu_before[0]) / requests * 1e6
         load.redis_cpu_us = (cpu_after[1] - running.cpu_before[1]) / requests * 1e6
+        load.steal_ms = (steal_seconds() - running.steal_before) * 1e3
         return load
 
     def run(self, request: Request, duration_s: float, connections: int = CONNECTIONS) -> Load:
         return self.finish(self.start(request, duration_s, connections))
 
     def _spawn(self, command: list[str], connections: int, rate: float | None) -> Running:
-        before = self._cpu()
+        before, steal = self._cpu(), steal_seconds()
         proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        return Running(proc, connections, rate, before)
+        return Running(proc, connections, rate, before, steal)
 
     def _cpu(self) -> tuple[float, float]:
         """CPU seconds used so far by the server and by redis-server (0 for one that is not running)."""
@@ -484,6 +487,18 @@ class LoadRunner:
         if rate is not None:
             spec["max_requests"] = int(rate * duration_s)
         return [sys.executable, "-m", "benchmarks.loadgen", json.dumps(spec)]
+
+
+def steal_seconds(stat: Path = Path("/proc/stat")) -> float:
+    """CPU seconds the hypervisor has run something else while this guest's vCPUs wanted to run (all vCPUs).
+
+    The 8th value of ``/proc/stat``'s ``cpu`` line, in clock ticks; NaN where there is no such file.
+    """
+    try:
+        fields = stat.read_text().split("\n", 1)[0].split()
+    except OSError:
+        return float("nan")
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -876,6 +891,11 @@ def lags(loads: list[Load]) -> str:
     return ", ".join(f"{load.client_lag_ms:.1f}" for load in loads)
 
 
+def steals(loads: list[Load]) -> str:
+    """Each run's :attr:`Load.steal_ms`."""
+    return ", ".join(f"{load.steal_ms:.0f}" for load in loads)
+
+
 def busy(loads: list[Load]) -> str:
     """Each run's :attr:`Load.core_busy`."""
     return ", ".join(f"{load.core_busy:.0%}" for load in loads)
@@ -903,7 +923,8 @@ def _verdicts(r: Results) -> str:
          f"{half.target_rps or 0:,.0f}); each run: {p99s(r.half_runs)} ms; the ceiling at the same rate: "
          f"{p99s(r.half_ceiling_runs)} ms; the worker's core busy (server CPU per request × rate) in each run: "
          f"{busy(r.half_runs)}, against {busy([recs])} in the best closed-loop round; the load generator's own "
-         f"delay (the latest it released a request after its due time) in each run: {lags(r.half_runs)} ms"),
+         f"delay (the latest it released a request after its due time) in each run: {lags(r.half_runs)} ms; the "
+         f"hypervisor's steal time (both vCPUs) in each run: {steals(r.half_runs)} ms"),
         (f"publish writes ≥ {TARGET_PUBLISH_USERS_PER_S:,} users/s to Redis, scoring excluded",
          writing >= TARGET_PUBLISH_USERS_PER_S,
          f"{writing:,.0f} users/s (the lower of the real run's write phase and `write_user_lists` alone)"),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from benchmarks.bench_service import Load, busy
+import os
+from pathlib import Path
+
+from benchmarks.bench_service import Load, busy, steal_seconds
 
 
 def load(requests: int, seconds: float, server_cpu_us: float) -> Load:
@@ -12,3 +15,12 @@ def load(requests: int, seconds: float, server_cpu_us: float) -> Load:
 def test_busy_is_server_cpu_per_request_times_the_rate() -> None:
     # 2,700 req/s × 300 µs = 0.81 of a core; 1,000 req/s × 500 µs = half of one
     assert busy([load(27_000, 10.0, 300.0), load(1_000, 1.0, 500.0)]) == "81%, 50%"
+
+
+def test_steal_is_the_eighth_value_of_the_cpu_line_in_clock_ticks(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    ticks = os.sysconf("SC_CLK_TCK")
+    # cpu  user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text(f"cpu  100 0 50 9000 3 0 7 {3 * ticks} 0 0\ncpu0 50 0 25 4500 1 0 3 {ticks} 0 0\n")
+    assert steal_seconds(stat) == 3.0
+    assert steal_seconds(tmp_path / "absent") != steal_seconds(tmp_path / "absent")  # NaN: no such file
