@@ -886,19 +886,9 @@ def p99s(loads: list[Load]) -> str:
     return ", ".join(one(load) for load in loads)
 
 
-def lags(loads: list[Load]) -> str:
-    """Each run's :attr:`Load.client_lag_ms`."""
-    return ", ".join(f"{load.client_lag_ms:.1f}" for load in loads)
-
-
-def steals(loads: list[Load]) -> str:
-    """Each run's :attr:`Load.steal_ms`."""
-    return ", ".join(f"{load.steal_ms:.0f}" for load in loads)
-
-
-def busy(loads: list[Load]) -> str:
-    """Each run's :attr:`Load.core_busy`."""
-    return ", ".join(f"{load.core_busy:.0%}" for load in loads)
+def each(loads: list[Load], name: str, spec: str) -> str:
+    """Each run's :class:`Load` attribute ``name``, formatted with ``spec``, comma-separated."""
+    return ", ".join(format(getattr(load, name), spec) for load in loads)
 
 
 def _verdicts(r: Results) -> str:
@@ -922,9 +912,10 @@ def _verdicts(r: Results) -> str:
          f"median p99 of {len(r.half_runs)} runs {half.p99_ms:.1f} ms at {half.rps:,.0f} req/s (fixed rate "
          f"{half.target_rps or 0:,.0f}); each run: {p99s(r.half_runs)} ms; the ceiling at the same rate: "
          f"{p99s(r.half_ceiling_runs)} ms; the worker's core busy (server CPU per request × rate) in each run: "
-         f"{busy(r.half_runs)}, against {busy([recs])} in the best closed-loop round; the load generator's own "
-         f"delay (the latest it released a request after its due time) in each run: {lags(r.half_runs)} ms; the "
-         f"hypervisor's steal time (both vCPUs) in each run: {steals(r.half_runs)} ms"),
+         f"{each(r.half_runs, 'core_busy', '.0%')}, against {recs.core_busy:.0%} in the best closed-loop round; "
+         f"the load generator's own delay (the latest it released a request after its due time) in each run: "
+         f"{each(r.half_runs, 'client_lag_ms', '.1f')} ms; the hypervisor's steal time (both vCPUs) in each run: "
+         f"{each(r.half_runs, 'steal_ms', '.0f')} ms"),
         (f"publish writes ≥ {TARGET_PUBLISH_USERS_PER_S:,} users/s to Redis, scoring excluded",
          writing >= TARGET_PUBLISH_USERS_PER_S,
          f"{writing:,.0f} users/s (the lower of the real run's write phase and `write_user_lists` alone)"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from benchmarks.bench_service import Load, busy, steal_seconds
+from benchmarks.bench_service import Load, each, steal_seconds
 
 
 def load(requests: int, seconds: float, server_cpu_us: float) -> Load:
@@ -14,7 +14,7 @@ def load(requests: int, seconds: float, server_cpu_us: float) -> Load:
 
 def test_busy_is_server_cpu_per_request_times_the_rate() -> None:
     # 2,700 req/s × 300 µs = 0.81 of a core; 1,000 req/s × 500 µs = half of one
-    assert busy([load(27_000, 10.0, 300.0), load(1_000, 1.0, 500.0)]) == "81%, 50%"
+    assert each([load(27_000, 10.0, 300.0), load(1_000, 1.0, 500.0)], "core_busy", ".0%") == "81%, 50%"
 
 
 def test_steal_is_the_eighth_value_of_the_cpu_line_in_clock_ticks(tmp_path: Path) -> None:
