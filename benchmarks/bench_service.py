@@ -10,7 +10,7 @@ What runs, all on 127.0.0.1 and all bounded in count and time (every load loop s
    item metadata and fallback lists; its user-list write phase is timed apart from scoring. Then
    ``write_user_lists`` alone on numpy-built lists (no model at all), and the raw SET rate of the same
    server for the mean payload size: ``redis-benchmark -P 16 -t set`` (Debian ``redis-tools``, when
-   installed) and redis-py pipelined SETs / MSETs of pre-encoded bytes (always; the fallback).
+   installed), redis-py pipelined SETs and the publisher's ``BatchWriter`` MSETs of pre-encoded bytes.
 4. **Service**: one uvicorn worker running ``create_app`` (what ``tailor serve --workers 1`` runs) with
    two routes added to the *same* app by :func:`bench_app`: a constant-payload ceiling and a
    constant-payload route with the recommendations handler's own request handling.
@@ -202,7 +202,7 @@ def write_only_step(redis_url: str, users: int, items: int, batch: int = 2048) -
     import numpy as np
 
     from training.models.base import Recommendations
-    from training.publish import BatchWriter, delete_namespace, write_user_lists
+    from training.publish import ROWS_PER_SEND, BatchWriter, delete_namespace, write_user_lists
 
     rng = np.random.default_rng(0)
     user_ids = np.array([f"u{u:06d}" for u in range(users)])
@@ -223,37 +223,40 @@ def write_only_step(redis_url: str, users: int, items: int, batch: int = 2048) -
     written = delete_namespace(client, version)
     return {"users": users, "seconds": seconds, "cpu_seconds": cpu, "send_seconds": writer.seconds,
             "users_per_s": users / seconds, "bytes": writer.bytes, "keys": written,
-            "aof_rewrites": rewrites}  # fmt: skip
+            "aof_rewrites": rewrites, "keys_per_mset": ROWS_PER_SEND}  # fmt: skip
 
 
-def redis_py_sets_step(redis_url: str, size: int, n: int) -> dict[str, Any]:
-    """redis-py writing ``n`` pre-encoded ``size``-byte values: pipelined SETs, then MSETs (1000 per batch).
+def raw_sets_step(redis_url: str, size: int, n: int) -> dict[str, Any]:
+    """``n`` pre-encoded ``size``-byte values written by redis-py's pipelined SETs, then by :class:`BatchWriter`.
 
-    The client-side floor of the publisher's writes (which use MSETs of ``KEYS_PER_COMMAND`` keys).
+    The writer's rate is the client-side floor of the publisher's writes: its MSETs, no encoding.
     """
 
-    from training.publish import KEYS_PER_COMMAND
+    from training.publish import KEYS_PER_COMMAND, ROWS_PER_SEND, BatchWriter
 
     client = redis.Redis.from_url(redis_url, socket_timeout=60)
     value = os.urandom(size)
     keys = [f"bench:set:{i}" for i in range(n)]
-    batches = [keys[start : start + KEYS_PER_COMMAND] for start in range(0, n, KEYS_PER_COMMAND)]
     quiet_aof(client)
     started = time.perf_counter()
-    for names in batches:
+    for start in range(0, n, KEYS_PER_COMMAND):
         pipe = client.pipeline(transaction=False)
-        for name in names:
+        for name in keys[start : start + KEYS_PER_COMMAND]:
             pipe.set(name, value)
         pipe.execute()
     set_seconds = time.perf_counter() - started
     quiet_aof(client)
     started = time.perf_counter()
-    for names in batches:
-        client.mset(dict.fromkeys(names, value))
-    mset_seconds = time.perf_counter() - started
-    for names in batches:
-        client.delete(*names)
-    return {"set_per_s": n / set_seconds, "mset_per_s": n / mset_seconds}
+    writer = BatchWriter(client)
+    for start in range(0, n, ROWS_PER_SEND):  # sent as write_user_lists sends
+        for name in keys[start : start + ROWS_PER_SEND]:
+            writer.set(name, value)
+        writer.send()
+    writer.flush()
+    writer_seconds = time.perf_counter() - started
+    for start in range(0, n, KEYS_PER_COMMAND):
+        client.delete(*keys[start : start + KEYS_PER_COMMAND])
+    return {"set_per_s": n / set_seconds, "writer_per_s": n / writer_seconds, "keys_per_mset": ROWS_PER_SEND}
 
 
 # --- the app under test ------------------------------------------------------------------------
@@ -685,9 +688,10 @@ def _set_rates(ctx: Ctx, redis_proc: LocalRedis, client: redis.Redis, size: int)
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         found = re.findall(r"SET: ([\d.]+) requests per second", out)
         rows.append([f"`{' '.join(['redis-benchmark', *command[5:]])}`", clients, 16, float(found[-1])])
-    best = ctx.best_of("benchmarks.bench_service:redis_py_sets_step", redis_url=redis_proc.url, size=size, n=100_000)
+    best = ctx.best_of("benchmarks.bench_service:raw_sets_step", redis_url=redis_proc.url, size=size, n=100_000)
     rows.append(["redis-py: pipelined SETs of pre-encoded values", 1, 1000, best.result["set_per_s"]])
-    rows.append(["redis-py: MSETs of 1000 pre-encoded values (what publish sends)", 1, 1, best.result["mset_per_s"]])
+    writer = f"`BatchWriter`: MSETs of {best.result['keys_per_mset']} pre-encoded values (what publish sends)"
+    rows.append([writer, 1, 1, best.result["writer_per_s"]])
     return rows
 
 
@@ -807,7 +811,7 @@ def _publish_table(r: Results) -> str:
          w["seconds"], w["send_seconds"], w["cpu_seconds"], w["aof_rewrites"], w["users_per_s"]],
     ]  # fmt: skip
     note = (
-        f"*users/s writing* excludes model scoring: rows → `UserRecs` → msgpack → MSETs of 1000 keys (flushed). "
+        f"*users/s writing* excludes model scoring: rows → `UserRecs` → msgpack → MSETs of {w['keys_per_mset']} keys. "
         f"The write phase of the real run counts the {p['model_users']:,} users with a personal list only, while "
         f"its timer also covers the {p['users'] - p['model_users']:,} segment-only users, so that rate is a lower "
         f"bound. The whole run also scores, builds fallback and similar-items lists and switches the version. "

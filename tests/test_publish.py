@@ -28,6 +28,7 @@ from service.contract import (
     decode,
     encode,
 )
+from service.redis_server import free_port
 from tests.conftest import TINY_SCORES, StaticConfig, StaticModel, TinyStore
 from training.models.base import Recommendations, TrainData, get_model_class
 from training.publish import (
@@ -367,6 +368,47 @@ def test_a_failed_background_send_is_raised(redis_client: redis.Redis) -> None:
         writer.flush()
     writer.set("tailor:test:after", b"ok")
     writer.flush()  # the writer stays usable; the error was reported once
+    assert redis_client.get("tailor:test:after") == b"ok"
+
+
+def test_a_writer_whose_idle_connection_was_killed_reconnects_and_stores_the_keys(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    writer = BatchWriter(redis.Redis.from_url(redis_url))  # a pool of its own, so the kill below reaches it
+    writer.set("tailor:test:first", b"1")
+    writer.flush()  # the writer's connection now sits idle in its pool
+    killed = redis_client.client_kill_filter(_type="normal", skipme=True)
+    assert killed == 1
+    writer.set("tailor:test:second", b"2")
+    writer.hset("tailor:test:hash", {"a": b"x", "ü": b"y"})
+    writer.flush()  # the pool finds the dead connection at checkout and connects anew
+    assert redis_client.mget("tailor:test:first", "tailor:test:second") == [b"1", b"2"]
+    assert redis_client.hgetall("tailor:test:hash") == {b"a": b"x", "ü".encode(): b"y"}
+
+
+def test_a_writer_that_cannot_connect_raises_on_flush() -> None:
+    writer = BatchWriter(redis.Redis(port=free_port(), socket_connect_timeout=1, retry=None))  # nothing listens
+    writer.set("tailor:test:lost", b"1")
+    with pytest.raises(redis.ConnectionError):
+        writer.flush()
+
+
+def test_an_error_reply_mid_pipeline_leaves_the_other_commands_applied_and_the_connection_in_step(
+    redis_client: redis.Redis,
+) -> None:
+    redis_client.set("tailor:test:string", b"x")
+    writer = BatchWriter(redis_client)
+    writer.set("tailor:test:before", b"1")
+    writer.send()
+    writer.wait()
+    writer.set("tailor:test:a", b"a")
+    writer.hset("tailor:test:string", {"f": b"v"})  # WRONGTYPE, between two MSETs of one pipeline
+    writer.set("tailor:test:b", b"b")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        writer.flush()
+    assert redis_client.mget("tailor:test:a", "tailor:test:b") == [b"a", b"b"]  # not a transaction
+    writer.set("tailor:test:after", b"ok")
+    writer.flush()  # replies of the failed pipeline were all read: this one gets its own
     assert redis_client.get("tailor:test:after") == b"ok"
 
 
