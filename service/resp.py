@@ -18,7 +18,8 @@ would come out of step).
 
 :func:`open_pipe` connects with the settings of a redis-py connection pool (host and port or unix
 socket, TLS for ``rediss://``, username and password, database), so ``REDIS_URL`` means the same for
-both clients. Everything else the service does in Redis stays on redis-py.
+both clients. Everything else the service does in Redis stays on redis-py. The publisher frames
+its HSETs with :func:`pack` too.
 """
 
 from __future__ import annotations

@@ -66,6 +66,7 @@ from service.contract import (
     decode,
     encode,
 )
+from service.resp import pack
 from training.models.base import Recommendations, Recommender
 
 if TYPE_CHECKING:
@@ -408,10 +409,11 @@ class BatchWriter:
 
     String keys are grouped into ``MSET`` commands of ``KEYS_PER_COMMAND`` keys (one command instead
     of a thousand SETs: far less client-side packing and reply parsing); hashes into ``HSET``s of as
-    many fields. Commands are framed in RESP here, as each key arrives, and each pipeline goes out in
-    one system call per command, on a connection of the client's pool. redis-py's pipelines re-copy
-    every value while packing and send pieces of ~6 KB, one system call each (~130 per MSET of 512
-    user lists): framing here halved the publishing process's CPU per user list.
+    many fields. Commands are framed in RESP here (with :func:`service.resp.pack`, the service's
+    framing), as each key arrives, and each pipeline goes out in one system call per command, on a
+    connection of the client's pool. redis-py's pipelines re-copy every value while packing and send
+    pieces of ~6 KB, one system call each (~130 per MSET of 512 user lists): framing here halved the
+    publishing process's CPU per user list.
 
     :meth:`send` hands the buffered pipeline to a thread and returns, so the caller encodes (or
     scores) the next batch while this one travels (the socket I/O releases the GIL); at most one
@@ -437,7 +439,7 @@ class BatchWriter:
         self.seconds = 0.0
 
     def set(self, name: str, value: bytes) -> None:
-        key = name.encode()
+        key = name.encode()  # framed as service.resp.bulk_strings would, in one step: the publish's hot path
         self._pairs.append(b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(key), key, len(value), value))
         self.keys += 1
         self._buffered += len(key) + len(value)
@@ -448,11 +450,9 @@ class BatchWriter:
         """HSET in chunks of ``KEYS_PER_COMMAND`` fields."""
         fields = list(mapping.items())
         for start in range(0, len(fields), KEYS_PER_COMMAND):
-            chunk = [(field.encode(), value) for field, value in fields[start : start + KEYS_PER_COMMAND]]
-            self._queue(
-                _command(b"HSET", [name.encode(), *(part for pair in chunk for part in pair)]),
-                sum(len(field) + len(value) for field, value in chunk),
-            )
+            chunk = fields[start : start + KEYS_PER_COMMAND]
+            self._queue(pack("HSET", name, *(part for pair in chunk for part in pair)),
+                        sum(len(field) + len(value) for field, value in chunk))  # fmt: skip
         self.keys += 1
 
     def send(self) -> None:
@@ -516,12 +516,6 @@ class BatchWriter:
         self._buffered += size
         if len(self._commands) >= COMMANDS_PER_PIPELINE or self._buffered >= BYTES_PER_PIPELINE:
             self.send()
-
-
-def _command(name: bytes, args: Sequence[bytes]) -> bytes:
-    """One command in RESP: an array of bulk strings."""
-    framed = (b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args)
-    return b"*%d\r\n$%d\r\n%b\r\n%b" % (1 + len(args), len(name), name, b"".join(framed))
 
 
 def _pipeline(connection: Any, commands: list[bytes]) -> None:
