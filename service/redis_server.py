@@ -87,6 +87,10 @@ class EmbeddedRedis:
             f'logfile "{self.logfile}"',
             "appendonly yes",
             "appendfsync everysec",
+            # `tailor publish` rewrites the AOF after each switch (training.publish.rewrite_aof), so Redis' own
+            # rewrite is only a safety net: not before the file has grown by 256 MB (default 64 MB), so that a
+            # publish of up to about 150,000 users' lists does not set one off in the middle of its writes.
+            "auto-aof-rewrite-min-size 256mb",
             'save ""',
             "protected-mode yes",
         ]

@@ -124,6 +124,8 @@ def _print_summary(model_uri: str, summary: PublishSummary) -> None:
         f"{summary.seconds:,.2f}", f"{summary.users_per_s:,.0f}", f"{summary.users_written_per_s:,.0f}",
     )  # fmt: skip
     console.print(table)
+    if summary.aof_rewrite:
+        console.print(f"Redis append-only file rewrite after the switch: {summary.aof_rewrite}")
 
 
 # --- serve ---------------------------------------------------------------------------------------------------

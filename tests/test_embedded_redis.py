@@ -46,6 +46,10 @@ def test_ensure_starts_once_and_status_follows(server: LocalRedis) -> None:
     assert "bind 127.0.0.1" in config
     assert "appendonly yes" in config
     assert "appendfsync everysec" in config
+    client = redis.Redis.from_url(server.url)
+    # publish rewrites the AOF itself; Redis' own rewrite waits for 256 MB of growth (not 64 MB)
+    assert client.config_get("auto-aof-rewrite-min-size") == {"auto-aof-rewrite-min-size": str(256 * 1024 * 1024)}
+    client.close()
 
 
 def test_data_survives_stop_and_start(server: LocalRedis) -> None:

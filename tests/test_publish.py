@@ -28,7 +28,7 @@ from service.contract import (
     decode,
     encode,
 )
-from service.redis_server import free_port
+from service.redis_server import LocalRedis, free_port
 from tests.conftest import TINY_SCORES, StaticConfig, StaticModel, TinyStore
 from training.models.base import Recommendations, TrainData, get_model_class
 from training.publish import (
@@ -254,6 +254,74 @@ def test_a_lock_left_by_a_dead_process_on_this_host_is_taken_over(
     dead_pid = _dead_pid()
     redis_client.set(Keys.PUBLISH_LOCK, f"{socket.gethostname()}:{dead_pid}:token", ex=LOCK_TTL_S)
     assert run(tiny_store, redis_client).version == 1
+
+
+# --- the append-only file after a publish ------------------------------------------------------------------
+def forks(client: redis.Redis) -> int:
+    return int(client.info("stats")["total_forks"])
+
+
+def test_compact_aof_rewrites_the_file_once_the_new_version_is_active(
+    tiny_store: TinyStore, own_redis: LocalRedis
+) -> None:
+    client = redis.Redis.from_url(own_redis.url)
+    before = forks(client)
+    during: list[int] = []
+    summary = run(tiny_store, client, compact_aof=True, callback=lambda _: during.append(forks(client)))
+    assert during
+    assert set(during) == {before}
+    assert summary.aof_rewrite == "started"
+    assert forks(client) == before + 1  # one rewrite, after the switch
+    assert active_version(client) == decode(client.get(Keys.manifest(summary.version)), ActiveVersion)
+    client.close()
+
+
+def test_without_compact_aof_nothing_is_rewritten(tiny_store: TinyStore, own_redis: LocalRedis) -> None:
+    client = redis.Redis.from_url(own_redis.url)
+    before = forks(client)
+    assert run(tiny_store, client).aof_rewrite == ""
+    assert forks(client) == before
+    client.close()
+
+
+def test_compact_aof_leaves_a_server_without_aof_alone(tiny_store: TinyStore, own_redis: LocalRedis) -> None:
+    client = redis.Redis.from_url(own_redis.url)
+    client.config_set("appendonly", "no")
+    before = forks(client)
+    assert run(tiny_store, client, compact_aof=True).aof_rewrite == "AOF off"
+    assert forks(client) == before
+    client.close()
+
+
+def test_compact_aof_does_not_start_a_second_rewrite(tiny_store: TinyStore, own_redis: LocalRedis) -> None:
+    client = redis.Redis.from_url(own_redis.url)
+    client.mset({f"key-{i}": b"x" for i in range(100)})
+    client.config_set("rdb-key-save-delay", 1_000_000)  # 1 s per key: the child outlives the test (stopped with it)
+    client.bgrewriteaof()
+    before = forks(client)
+    summary = run(tiny_store, client, compact_aof=True)
+    assert summary.aof_rewrite == "already running"
+    assert forks(client) == before
+    assert active_version(client) is not None
+    client.close()
+
+
+def test_a_refused_rewrite_is_reported_and_the_version_is_active(tiny_store: TinyStore, own_redis: LocalRedis) -> None:
+    admin = redis.Redis.from_url(own_redis.url)
+    admin.acl_setuser(
+        "publisher", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-bgrewriteaof"]
+    )
+    client = redis.Redis.from_url(own_redis.url, username="publisher", password="pw")
+    before = forks(admin)
+    summary = run(tiny_store, client, compact_aof=True)
+    assert summary.aof_rewrite.startswith("refused: ")
+    assert "bgrewriteaof" in summary.aof_rewrite
+    assert forks(admin) == before
+    active = active_version(admin)
+    assert active is not None
+    assert active.version == summary.version
+    client.close()
+    admin.close()
 
 
 def test_a_catalogue_without_model_items_is_refused(tiny_store: TinyStore, redis_client: redis.Redis) -> None:

@@ -213,3 +213,33 @@ def test_downloaded_model_is_cached_under_home(store: Store) -> None:
     assert cached, "load_recommender should cache downloads under <home>/models"
     meta = json.loads(next((p.parent / "artifacts" / "recommender" / "model.json") for p in cached).read_text())
     assert meta["name"] == "popularity"
+
+
+def test_publish_from_the_registry_compacts_the_aof_of_the_embedded_server_only(
+    store: Store, tmp_path: Path, redis_url: str
+) -> None:
+    """``tailor publish``'s path: the embedded server's AOF is rewritten after the switch; a REDIS_URL one is not."""
+    import redis
+
+    from service.redis_server import free_port, stop_redis
+    from training.publish import active_version, publish_from_registry
+
+    events = tmp_path / "events.parquet"
+    _events().write_parquet(events)
+    uri = f"models:/{store.settings.model_name}/2"
+    embedded = store.settings.model_copy(update={"redis_port": free_port()})
+    try:
+        with tracking.quiet_mlflow():
+            summary = publish_from_registry(uri, events, embedded, progress=False)
+        client = redis.Redis(host="127.0.0.1", port=embedded.redis_port)
+        active = active_version(client)
+        client.close()
+    finally:
+        stop_redis(embedded)
+    assert summary.aof_rewrite == "started"
+    assert active is not None
+    assert (active.version, active.model_version) == (summary.version, "2")
+
+    external = store.settings.model_copy(update={"redis_url": redis_url})
+    with tracking.quiet_mlflow():
+        assert publish_from_registry(uri, events, external, progress=False).aof_rewrite == ""

@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -144,6 +144,7 @@ class PublishSummary:
     seconds: float
     write_seconds: float
     user_write_seconds: float
+    aof_rewrite: str = ""  # what :func:`rewrite_aof` did after the switch ("" when not asked)
 
     @property
     def users_per_s(self) -> float:
@@ -177,6 +178,7 @@ def publish(
     progress: bool = True,
     callback: ProgressCallback | None = None,
     now: datetime | None = None,
+    compact_aof: bool = False,
 ) -> PublishSummary:
     """Write ``model``'s lists to a new version namespace and make it the active version.
 
@@ -184,6 +186,8 @@ def publish(
     (ignored for models that recommend seen items on purpose). ``callback`` runs after every batch;
     an exception it raises aborts the publish like any other (the previous version stays active).
     ``now`` (UTC) stamps the version and decides which old versions are past their grace period.
+    ``compact_aof``: once the new version is active, start a rewrite of Redis' append-only file (see
+    :func:`rewrite_aof`); for a server Tailor runs itself, not one an operator configured.
     """
     if top_n < 1 or batch_users < 1:
         raise ValueError(f"top_n and batch_users must be >= 1 (got {top_n}, {batch_users})")
@@ -196,7 +200,8 @@ def publish(
         summary = job.run(events, catalogue, users, tuple(exclude_event_types), fallback_days, fallback_size)
     finally:
         lock.release()
-    return _with_seconds(summary, time.perf_counter() - started)
+    summary = replace(summary, seconds=time.perf_counter() - started)
+    return replace(summary, aof_rewrite=rewrite_aof(redis_client)) if compact_aof else summary
 
 
 def publish_from_registry(
@@ -217,7 +222,9 @@ def publish_from_registry(
 
     ``data`` is an events file or a store folder; the catalogue and users default to the folder's
     ``catalogue.parquet``/``users.parquet``. Without any catalogue, one is derived from the events
-    (every item available, no category). Starts the embedded Redis if it is the one in use.
+    (every item available, no category). Starts the embedded Redis if it is the one in use, and then
+    compacts its append-only file after the switch (:func:`rewrite_aof`); a server at ``REDIS_URL`` is
+    left to its operator's persistence settings.
     """
     from features.loaders import load_events
     from service.redis_server import ensure_redis, sync_client
@@ -237,6 +244,7 @@ def publish_from_registry(
             model, events=events, catalogue=catalogue, users=users, redis_client=client, info=info,
             top_n=top_n or settings.publish_top_n, fallback_days=fallback_days, batch_users=batch_users,
             grace_s=settings.publish_grace_s, progress=progress, exclude_event_types=exclude_event_types,
+            compact_aof=settings.redis_url is None,
         )  # fmt: skip
     finally:
         client.close()
@@ -281,6 +289,33 @@ def cleanup_versions(client: redis.Redis, *, grace_s: int, now: datetime) -> lis
             client.hdel(Keys.VERSIONS, str(version))
             deleted.append(version)
     return deleted
+
+
+def rewrite_aof(client: redis.Redis) -> str:
+    """Start a background rewrite of Redis' append-only file (AOF); say what happened.
+
+    A publish appends a whole version to the AOF, so the file grows by about the size of the data set
+    each time. Redis rewrites it by itself once it has doubled, whenever that happens, which is often
+    in the middle of the next publish: the forked child then competes for CPU with the writes, and
+    every page the publish writes meanwhile is copied (copy-on-write), up to twice the memory. Rewriting
+    right after the switch, when the writes are over, keeps the file compact (the new version and the
+    retired one, until the next publish deletes it) so the next publish's growth stays under the
+    threshold.
+
+    Returns ``"started"``, ``"AOF off"`` (nothing to rewrite), ``"already running"`` (Redis rewrites
+    it already), or ``"refused: ..."`` with Redis' error (a server that forbids BGREWRITEAOF); the
+    published version is active in every case.
+    """
+    info = client.info("persistence")
+    if not int(info.get("aof_enabled", 0)):
+        return "AOF off"
+    if int(info.get("aof_rewrite_in_progress", 0)):
+        return "already running"
+    try:
+        client.bgrewriteaof()
+    except redis.ResponseError as exc:
+        return f"refused: {exc}"
+    return "started"
 
 
 def active_version(client: redis.Redis) -> ActiveVersion | None:
@@ -988,13 +1023,6 @@ def _expired(state: VersionState, grace_s: int, now: datetime) -> bool:
         return True  # left by an interrupted publish (the lock guarantees no publish is running)
     retired_at = state.retired_at or state.started_at
     return state.status is VersionStatus.RETIRED and retired_at + timedelta(seconds=grace_s) <= now
-
-
-def _with_seconds(summary: PublishSummary, seconds: float) -> PublishSummary:
-    return PublishSummary(
-        summary.version, summary.users, summary.items, summary.keys, summary.bytes, seconds,
-        summary.write_seconds, summary.user_write_seconds,
-    )  # fmt: skip
 
 
 def _progress_bar(enabled: bool) -> Progress:
