@@ -12,6 +12,7 @@ import contextlib
 import functools
 import gc
 import os
+import random
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -573,6 +574,55 @@ def test_a_rejected_batch_stores_nothing(client: TestClient[Any], redis_client: 
     response = client.post("/v1/events", json={"events": [EVENT, {**EVENT, "item_id": ""}]})
     assert response.status_code == 400
     assert redis_client.xlen(Keys.EVENTS) == 0
+
+
+_ODD = ["", "a", "0", "-1", "%", "%FF", "%00", "%2F", "%C3%A9", "é", "%E2%80%AE", "..", " ", "+", "&", "=", ";", "#",
+        "?", "%ED%A0%80", "1e400", "NaN", "99999999999999999999999", "a" * 129]  # fmt: skip
+_ODD_VALUES: list[Any] = [None, True, 0, -1, 2**70, 1.5, 1e308, "", "x", "a" * 200, [], {}, [1], {"a": 1},
+                          "2024-13-45T99:00:00", "0001-01-01T00:00:00", "9999-12-31T23:59:59+14:00", "\u0000",
+                          "é" * 40]  # fmt: skip
+_EVENT_FIELDS = [
+    "user_id", "item_id", "event_type", "timestamp", "quantity", "price", "session_id", "recommendation_id",
+]  # fmt: skip
+
+
+def test_garbage_input_gets_a_4xx_never_a_5xx_and_stores_only_accepted_events(
+    client: TestClient[Any], redis_client: redis.Redis
+) -> None:
+    """Seeded random paths, query strings and event bodies built from awkward pieces (bad percent-encoding,
+    lone surrogates, huge numbers, wrong types, over-long ids): every answer is a success or a 4xx problem."""
+    rng = random.Random(0)
+
+    def odd(n: int = 3) -> str:
+        return "".join(rng.choice(_ODD) for _ in range(rng.randint(0, n)))
+
+    def event() -> dict[str, Any]:
+        body: dict[str, Any] = {"user_id": "u1", "item_id": "A", "event_type": "view"}
+        for _ in range(rng.randint(0, 3)):
+            body[rng.choice([*_EVENT_FIELDS, "other"])] = rng.choice(_ODD_VALUES)
+        if rng.random() < 0.1:
+            del body[rng.choice(list(body))]
+        return body
+
+    statuses: dict[int, int] = {}
+    accepted = 0
+    for _ in range(150):
+        query = "&".join(f"{rng.choice(['k', 'category', 'exclude', 'x'])}={odd(2)}" for _ in range(rng.randint(0, 3)))
+        for url in (f"/v1/users/{odd()}/recommendations?{query}", f"/v1/items/{odd()}/similar?{query}"):
+            response = client.get(url)
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+            assert response.status_code in (200, 400, 404), (url, response.text)
+        body = event() if rng.random() < 0.5 else {"events": [event() for _ in range(rng.randint(0, 3))]}
+        response = client.post("/v1/events", json=body)
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        assert response.status_code in (202, 400), (body, response.text)
+        if response.status_code == 400:
+            assert response.headers["content-type"].startswith("application/problem+json")
+            assert response.json()["errors"]
+        else:
+            accepted += response.json()["accepted"]
+    assert redis_client.xlen(Keys.EVENTS) == accepted
+    assert all(statuses.get(code, 0) > 0 for code in (200, 202, 400, 404)), statuses  # every kind was exercised
 
 
 # --- operations ---------------------------------------------------------------------------------------------
