@@ -826,7 +826,7 @@ def _publish_table(r: Results) -> str:
         f"and has doubled since the last rewrite; the child takes a core, and copy-on-write slows the server). "
         f"Every timed write here starts only once no rewrite set off by an earlier step is running. After its "
         f"switch, `publish` compacts the file itself, once its writes are over (`rewrite_aof`: "
-        f"{p.get('aof_compaction', 'not run')}); that rewrite is not counted. `write_user_lists` alone then "
+        f"{p['aof_compaction']}); that rewrite is not counted. `write_user_lists` alone then "
         f"appends another 100k lists to a file that holds one version, so it can still set one off. Mean user "
         f"payload {p['payload_bytes']:,} bytes."
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -261,67 +262,67 @@ def forks(client: redis.Redis) -> int:
     return int(client.info("stats")["total_forks"])
 
 
-def test_compact_aof_rewrites_the_file_once_the_new_version_is_active(
-    tiny_store: TinyStore, own_redis: LocalRedis
-) -> None:
+@pytest.fixture
+def own_client(own_redis: LocalRedis) -> Iterator[redis.Redis]:
+    """A client of the test's own server (these tests fork rewrites and change its config)."""
     client = redis.Redis.from_url(own_redis.url)
-    before = forks(client)
+    yield client
+    client.close()
+
+
+def test_compact_aof_rewrites_the_file_once_the_new_version_is_active(
+    tiny_store: TinyStore, own_client: redis.Redis
+) -> None:
+    before = forks(own_client)
     during: list[int] = []
-    summary = run(tiny_store, client, compact_aof=True, callback=lambda _: during.append(forks(client)))
+    summary = run(tiny_store, own_client, compact_aof=True, callback=lambda _: during.append(forks(own_client)))
     assert during
     assert set(during) == {before}
     assert summary.aof_rewrite == "started"
-    assert forks(client) == before + 1  # one rewrite, after the switch
-    assert active_version(client) == decode(client.get(Keys.manifest(summary.version)), ActiveVersion)
-    client.close()
+    assert forks(own_client) == before + 1  # one rewrite, after the switch
+    assert active_version(own_client) == decode(own_client.get(Keys.manifest(summary.version)), ActiveVersion)
 
 
-def test_without_compact_aof_nothing_is_rewritten(tiny_store: TinyStore, own_redis: LocalRedis) -> None:
-    client = redis.Redis.from_url(own_redis.url)
-    before = forks(client)
-    assert run(tiny_store, client).aof_rewrite == ""
-    assert forks(client) == before
-    client.close()
+def test_without_compact_aof_nothing_is_rewritten(tiny_store: TinyStore, own_client: redis.Redis) -> None:
+    before = forks(own_client)
+    assert run(tiny_store, own_client).aof_rewrite == ""
+    assert forks(own_client) == before
 
 
-def test_compact_aof_leaves_a_server_without_aof_alone(tiny_store: TinyStore, own_redis: LocalRedis) -> None:
-    client = redis.Redis.from_url(own_redis.url)
-    client.config_set("appendonly", "no")
-    before = forks(client)
-    assert run(tiny_store, client, compact_aof=True).aof_rewrite == "AOF off"
-    assert forks(client) == before
-    client.close()
+def test_compact_aof_leaves_a_server_without_aof_alone(tiny_store: TinyStore, own_client: redis.Redis) -> None:
+    own_client.config_set("appendonly", "no")
+    before = forks(own_client)
+    assert run(tiny_store, own_client, compact_aof=True).aof_rewrite == "AOF off"
+    assert forks(own_client) == before
 
 
-def test_compact_aof_does_not_start_a_second_rewrite(tiny_store: TinyStore, own_redis: LocalRedis) -> None:
-    client = redis.Redis.from_url(own_redis.url)
-    client.mset({f"key-{i}": b"x" for i in range(100)})
-    client.config_set("rdb-key-save-delay", 1_000_000)  # 1 s per key: the child outlives the test (stopped with it)
-    client.bgrewriteaof()
-    before = forks(client)
-    summary = run(tiny_store, client, compact_aof=True)
+def test_compact_aof_does_not_start_a_second_rewrite(tiny_store: TinyStore, own_client: redis.Redis) -> None:
+    own_client.mset({f"key-{i}": b"x" for i in range(100)})
+    own_client.config_set("rdb-key-save-delay", 1_000_000)  # 1 s per key: the child outlives the test (stopped with it)
+    own_client.bgrewriteaof()
+    before = forks(own_client)
+    summary = run(tiny_store, own_client, compact_aof=True)
     assert summary.aof_rewrite == "already running"
-    assert forks(client) == before
-    assert active_version(client) is not None
-    client.close()
+    assert forks(own_client) == before
+    assert active_version(own_client) is not None
 
 
-def test_a_refused_rewrite_is_reported_and_the_version_is_active(tiny_store: TinyStore, own_redis: LocalRedis) -> None:
-    admin = redis.Redis.from_url(own_redis.url)
-    admin.acl_setuser(
+def test_a_refused_rewrite_is_reported_and_the_version_is_active(
+    tiny_store: TinyStore, own_redis: LocalRedis, own_client: redis.Redis
+) -> None:
+    own_client.acl_setuser(
         "publisher", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-bgrewriteaof"]
     )
     client = redis.Redis.from_url(own_redis.url, username="publisher", password="pw")
-    before = forks(admin)
+    before = forks(own_client)
     summary = run(tiny_store, client, compact_aof=True)
     assert summary.aof_rewrite.startswith("refused: ")
     assert "bgrewriteaof" in summary.aof_rewrite
-    assert forks(admin) == before
-    active = active_version(admin)
+    assert forks(own_client) == before
+    active = active_version(own_client)
     assert active is not None
     assert active.version == summary.version
     client.close()
-    admin.close()
 
 
 def test_a_catalogue_without_model_items_is_refused(tiny_store: TinyStore, redis_client: redis.Redis) -> None:

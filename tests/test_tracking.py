@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
+import redis
 import scipy.sparse as sp
 
 from features.columns import Columns
@@ -219,8 +220,6 @@ def test_publish_from_the_registry_compacts_the_aof_of_the_embedded_server_only(
     store: Store, tmp_path: Path, redis_url: str
 ) -> None:
     """``tailor publish``'s path: the embedded server's AOF is rewritten after the switch; a REDIS_URL one is not."""
-    import redis
-
     from service.redis_server import free_port, stop_redis
     from training.publish import active_version, publish_from_registry
 
