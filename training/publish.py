@@ -556,14 +556,14 @@ class BatchWriter:
 def _pipeline(connection: Any, commands: list[bytes]) -> None:
     """Send ``commands`` on ``connection`` and read every reply; raise the first error reply after that."""
     connection.send_packed_command(commands)
-    errors = []
+    first: redis.ResponseError | None = None
     for _ in commands:
         try:
             connection.read_response()
         except redis.ResponseError as exc:  # the reply is read whole: the connection stays in step
-            errors.append(exc)
-    if errors:
-        raise errors[0]
+            first = first or exc
+    if first is not None:
+        raise first
 
 
 @dataclass
