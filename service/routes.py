@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable
+from datetime import UTC
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -150,11 +151,18 @@ def parse_events(data: dict[str, Any] | None) -> list[EventIn]:
     if data is None:
         raise InvalidInputError.at("body", 'is required: one event, or {"events": [...]}')
     try:
-        if "events" in data:
-            return msgspec.convert(data, EventBatch).events
-        return [msgspec.convert(data, EventIn)]
+        batch = "events" in data
+        events = msgspec.convert(data, EventBatch).events if batch else [msgspec.convert(data, EventIn)]
     except msgspec.ValidationError as exc:
         raise msgspec_error(exc) from exc
+    for i, event in enumerate(events):
+        if event.timestamp is not None and event.timestamp.tzinfo is not None:
+            try:  # stored in UTC: an offset can carry a timestamp past year 1 or 9999
+                event.timestamp.astimezone(UTC)
+            except OverflowError:
+                field = f"events[{i}].timestamp" if batch else "timestamp"
+                raise InvalidInputError.at(field, "is out of range once converted to UTC (years 1 to 9999)") from None
+    return events
 
 
 @get("/health", summary="Liveness (no Redis call)", tags=["operations"])

@@ -553,6 +553,8 @@ def test_bad_query_input_is_a_400_naming_the_field(client: TestClient[Any], url:
         ({**EVENT, "event_type": "e" * 33}, "event_type"),
         ({**EVENT, "quantity": "two"}, "quantity"),
         ({**EVENT, "timestamp": "yesterday"}, "timestamp"),
+        ({**EVENT, "timestamp": "9999-12-31T23:59:59-01:00"}, "timestamp"),  # valid, but past 9999 in UTC
+        ({"events": [EVENT, {**EVENT, "timestamp": "0001-01-01T00:00:00+01:00"}]}, "events[1].timestamp"),
         ([EVENT], "data"),
         (None, "body"),
     ],
@@ -580,7 +582,7 @@ def test_a_rejected_batch_stores_nothing(client: TestClient[Any], redis_client: 
 _ODD = ["", "a", "0", "-1", "%", "%FF", "%00", "%2F", "%C3%A9", "é", "%E2%80%AE", "..", " ", "+", "&", "=", ";", "#",
         "?", "%ED%A0%80", "1e400", "NaN", "99999999999999999999999", "a" * 129]  # fmt: skip
 _ODD_VALUES: list[Any] = [None, True, 0, -1, 2**70, 1.5, 1e308, "", "x", "a" * 200, [], {}, [1], {"a": 1},
-                          "2024-13-45T99:00:00", "0001-01-01T00:00:00", "9999-12-31T23:59:59+14:00", "\u0000",
+                          "2024-13-45T99:00:00", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59+14:00", "\u0000",
                           "é" * 40]  # fmt: skip
 _EVENT_FIELDS = [
     "user_id", "item_id", "event_type", "timestamp", "quantity", "price", "session_id", "recommendation_id",
