@@ -110,13 +110,15 @@ class Engine:
         self._counters: dict[tuple[Source, bool], Counter] = {}
 
     async def warm_up(self) -> None:
-        """Load the outage copy (startup). A Redis outage here is not an error: we just start cold."""
+        """Load the outage copy (startup). Nothing here stops the service from starting: with Redis unreachable
+        it starts cold; with an active version it cannot read (a newer payload schema, a damaged record) it
+        starts too, and each request and ``/ready`` answer 503 saying why, until a readable version is published."""
         try:
             active = await self.store.active()
             if active is not None:
                 self.cache.observe(active)
                 await self._lists(active, [Keys.popular(active.version)])
-        except StoreUnavailableError:
+        except (StoreUnavailableError, UnavailableError, ContractError):
             return
 
     # --- recommendations --------------------------------------------------------------------------------

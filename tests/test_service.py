@@ -484,6 +484,30 @@ def test_a_payload_schema_the_service_cannot_read_is_refused(
     assert items(client.get(RECS.format("u1"), params={"k": 3}).json()) == ["C", "B", "D"]
 
 
+@pytest.mark.parametrize("record", ["schema 99", "garbage"])
+def test_the_service_starts_when_the_active_version_cannot_be_read(
+    settings: Settings, published: PublishSummary, redis_client: redis.Redis, record: str
+) -> None:
+    """An unreadable active record at startup does not stop the service from starting: a newer schema is a
+    503 naming it, a damaged record a 500 (logged), as after startup; a readable record is served at once."""
+    raw = redis_client.get(Keys.ACTIVE)
+    assert isinstance(raw, bytes)
+    active = decode(raw, ActiveVersion)
+    newer = ActiveVersion(**{**{f: getattr(active, f) for f in active.__struct_fields__}, "schema": 99})
+    redis_client.set(Keys.ACTIVE, encode(newer) if record == "schema 99" else b"\x00not msgpack")
+    with TestClient(create_app(settings)) as test_client:
+        test_client.headers["X-API-Key"] = KEY
+        assert test_client.get("/health").status_code == 200
+        status = 503 if record == "schema 99" else 500
+        for url in ("/ready", RECS.format("u1")):
+            response = test_client.get(url)
+            assert response.status_code == status
+            assert ("payload schema 99" if record == "schema 99" else "unexpected error") in response.json()["detail"]
+        redis_client.set(Keys.ACTIVE, raw)
+        assert test_client.get("/ready").status_code == 200
+        assert items(test_client.get(RECS.format("u1"), params={"k": 3}).json()) == ["C", "B", "D"]
+
+
 # --- auth ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("headers", "detail"),
