@@ -42,7 +42,7 @@ print(body['items'][0]['item_id'] if body['items'] else 'ITEM')
 
 cat <<MSG
 
-Tailor is serving on http://127.0.0.1:$PORT (API docs: http://127.0.0.1:$PORT/schema/swagger).
+Tailor is serving on http://127.0.0.1:$PORT (API docs: http://127.0.0.1:$PORT/schema).
 Try next:
   curl -H 'X-API-Key: $KEY' 'http://127.0.0.1:$PORT/v1/users/$USER_ID/recommendations?k=10'
   curl -H 'X-API-Key: $KEY' 'http://127.0.0.1:$PORT/v1/users/new-shopper/recommendations?k=5'
