@@ -20,6 +20,7 @@ from litestar.openapi.spec import Example
 from litestar.params import Body
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from service import examples
 from service.engine import Engine, Query
 from service.errors import InvalidInputError, UnauthorizedError
 from service.metrics import CONTENT_TYPE, Metrics
@@ -42,14 +43,27 @@ API_KEY_HEADER: Final = "X-API-Key"
 _API_KEY_NAME: Final = API_KEY_HEADER.lower().encode()  # ASGI header names are lower-case bytes
 
 
-def _problem(description: str) -> ResponseSpec:
-    return ResponseSpec(data_container=Problem, description=description, media_type="application/problem+json")
+def _problem(description: str, example: dict[str, Any]) -> ResponseSpec:
+    return ResponseSpec(
+        data_container=Problem,
+        description=description,
+        media_type="application/problem+json",
+        examples=[Example(summary=example["title"], value=example)],
+    )
+
+
+def _answer(data: type, description: str, examples: Iterable[tuple[str, dict[str, Any]]]) -> ResponseSpec:
+    return ResponseSpec(
+        data_container=data,
+        description=description,
+        examples=[Example(summary=summary, value=value) for summary, value in examples],
+    )
 
 
 _ERRORS: Final = {
-    400: _problem("Invalid input; `errors` names the field"),
-    401: _problem("Missing or unknown X-API-Key"),
-    503: _problem("Redis unreachable (and nothing usable in memory) or nothing published yet"),
+    400: _problem("Invalid input; `errors` names the field", examples.PROBLEMS[400]),
+    401: _problem("Missing or unknown X-API-Key", examples.PROBLEMS[401]),
+    503: _problem("Redis unreachable (and nothing usable in memory) or nothing published yet", examples.PROBLEMS[503]),
 }
 
 
@@ -92,7 +106,7 @@ def _engine(request: Req) -> Engine:
 @get(
     "/users/{user_id:str}/recommendations",
     summary="Recommendations for a shopper",
-    responses=_ERRORS,
+    responses={200: _answer(RecommendationsOut, "Up to k items, best first", examples.RECOMMENDATIONS), **_ERRORS},
     tags=["recommendations"],
     operation_class=documented(RecommendationParams),
 )
@@ -106,7 +120,11 @@ async def recommendations(request: Req) -> RecommendationsOut:
 @get(
     "/items/{item_id:str}/similar",
     summary="Items similar to an item",
-    responses={**_ERRORS, 404: _problem("The item is not in the published version")},
+    responses={
+        200: _answer(SimilarItemsOut, "Up to k available similar items, best first", examples.SIMILAR),
+        **_ERRORS,
+        404: _problem("The item is not in the published version", examples.PROBLEMS[404]),
+    },
     tags=["recommendations"],
     operation_class=documented(SimilarParams),
 )
@@ -125,7 +143,16 @@ _BATCH = {
 }
 
 
-@post("/events", status_code=202, summary="Record shopper events", responses=_ERRORS, tags=["events"])
+@post(
+    "/events",
+    status_code=202,
+    summary="Record shopper events",
+    responses={
+        202: _answer(EventsAccepted, "Stored in the event stream", examples.EVENTS_ACCEPTED),
+        **_ERRORS,
+    },
+    tags=["events"],
+)
 async def post_events(
     request: Req,
     data: Annotated[

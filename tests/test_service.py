@@ -38,7 +38,7 @@ from service.params import query_pairs
 from service.ranking import because_you_viewed, candidates, from_list, pick
 from service.redis_server import free_port
 from service.resp import Pipe, Reply, pack
-from service.schemas import MAX_BATCH, Source
+from service.schemas import MAX_BATCH, EventsAccepted, Problem, RecommendationsOut, SimilarItemsOut, Source
 from service.store import MAX_IN_FLIGHT, USER_STATE_LUA, Store
 from tests.conftest import TINY_SCORES, StaticConfig, StaticModel, TinyStore
 from training.models.base import TrainData
@@ -726,6 +726,32 @@ def test_the_openapi_schema_documents_the_parameters_that_are_validated(client: 
     assert recs["exclude"]["description"].startswith("comma-separated item ids")
     assert list(similar) == ["item_id", "k"]
     assert similar["k"] == recs["k"]
+
+
+def test_the_openapi_examples_are_answers_the_service_gives(client: TestClient[Any]) -> None:
+    """Every documented response example decodes as its schema's Struct, and the problem examples of the
+    recommendations route are the service's own answers to those requests."""
+    schema = client.get("/schema/openapi.json").json()
+    types = {t.__name__: t for t in (RecommendationsOut, SimilarItemsOut, EventsAccepted, Problem)}
+    checked: Counter[str] = Counter()
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            for response in operation["responses"].values():
+                for content in response.get("content", {}).values():
+                    name = content["schema"]["$ref"].rsplit("/", 1)[1]
+                    for example in content.get("examples", {}).values():
+                        msgspec.convert(example["value"], types[name], strict=False)  # raises if stale
+                        checked[name] += 1
+    assert set(checked) == set(types), checked
+    problems = schema["paths"]["/v1/users/{user_id}/recommendations"]["get"]["responses"]
+
+    def example(status: str) -> Any:
+        (only,) = problems[status]["content"]["application/problem+json"]["examples"].values()
+        return only["value"]
+
+    assert client.get("/v1/users/17850/recommendations?k=1000").json() == example("400")
+    del client.headers["X-API-Key"]
+    assert client.get("/v1/users/17850/recommendations").json() == example("401")
 
 
 def test_unknown_query_parameters_are_ignored(client: TestClient[Any]) -> None:
