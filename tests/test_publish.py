@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -204,12 +205,20 @@ def test_reads_during_a_publish_see_only_the_previous_version(tiny_store: TinySt
 
 
 def test_old_versions_survive_their_grace_period_then_go(tiny_store: TinyStore, redis_client: redis.Redis) -> None:
+    """The grace period counts from the switch (when readers of the old version can last be in flight),
+    not from the start of the publish that retired it; each version keeps its own start."""
     run(tiny_store, redis_client, grace_s=60)
     v1_keys = namespace(redis_client, 1)
-    run(tiny_store, redis_client, grace_s=60, now=T0 + timedelta(seconds=10))  # v1 retired at T0+10 s
-    run(tiny_store, redis_client, grace_s=60, now=T0 + timedelta(seconds=69))  # 59 s later: v1 kept
+    before = time.perf_counter()
+    run(tiny_store, redis_client, grace_s=60, now=T0 + timedelta(seconds=10))  # switched from v1 to v2
+    took = timedelta(seconds=time.perf_counter() - before)
+    v1 = decode(redis_client.hget(Keys.VERSIONS, "1"), VersionState)
+    assert (v1.status, v1.started_at) == (VersionStatus.RETIRED, T0)
+    assert v1.retired_at is not None
+    assert T0 + timedelta(seconds=10) < v1.retired_at < T0 + timedelta(seconds=10) + took
+    run(tiny_store, redis_client, grace_s=60, now=v1.retired_at + timedelta(seconds=59.999))  # v1 kept
     assert namespace(redis_client, 1) == v1_keys
-    run(tiny_store, redis_client, grace_s=60, now=T0 + timedelta(seconds=70))  # 60 s: v1 deleted, v2 kept
+    run(tiny_store, redis_client, grace_s=60, now=v1.retired_at + timedelta(seconds=60))  # v1 deleted, v2 kept
     assert namespace(redis_client, 1) == {}
     assert namespace(redis_client, 2) != {}
     assert sorted(int(v) for v in redis_client.hkeys(Keys.VERSIONS)) == [2, 3, 4]

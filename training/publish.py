@@ -580,6 +580,7 @@ class _Job:
     lock: _PublishLock
     now: datetime
     version: int = 0
+    clock: float = field(default_factory=time.perf_counter)  # when ``now`` was, on the monotonic clock
     writer: BatchWriter = field(init=False)
     progress: Progress = field(init=False)
     user_write_seconds: float = 0.0
@@ -720,7 +721,7 @@ class _Job:
         self.writer.set(Keys.manifest(self.version), encode(active))
         self.writer.flush()
         self._verify(active)
-        switch_active(self.client, active, self.now)
+        switch_active(self.client, active, self.now + timedelta(seconds=time.perf_counter() - self.clock))
 
     def _verify(self, active: ActiveVersion) -> None:
         """The completeness check before the switch: manifest readable and identical, metadata complete."""
@@ -955,11 +956,18 @@ def _array_header(count: int) -> bytes:
 
 
 def switch_active(client: redis.Redis, active: ActiveVersion, now: datetime) -> None:
-    """Atomically make ``active`` the served version and retire the previous one (Lua compare-and-set)."""
+    """Atomically make ``active`` the served version and retire the previous one (Lua compare-and-set).
+
+    ``now`` is the switch: the previous version's grace period counts from it, since readers that saw the
+    old active record can only be in flight from then on. Each version keeps the ``started_at`` of its
+    publish (``active.generated_at``).
+    """
     raw_current = client.get(Keys.ACTIVE)
     previous = decode(raw_current, ActiveVersion, where=Keys.ACTIVE) if raw_current else None
-    live = VersionState(status=VersionStatus.LIVE, started_at=now)
-    retired = VersionState(status=VersionStatus.RETIRED, started_at=now, retired_at=now)
+    live = VersionState(status=VersionStatus.LIVE, started_at=active.generated_at)
+    retired = VersionState(
+        status=VersionStatus.RETIRED, started_at=previous.generated_at if previous else now, retired_at=now
+    )
     try:
         client.eval(
             _SWITCH,
