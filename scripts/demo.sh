@@ -25,7 +25,7 @@ step "4/6 Compare the runs"
 tailor runs
 
 step "5/6 Publish the champion to Redis"
-tailor publish --model-uri "models:/${TAILOR_MODEL_NAME:-tailor}@champion" --data "$STORE"
+tailor publish --model-uri "models:/${TAILOR_MODEL_NAME:-tailor}@champion"   # and the data it was trained on
 
 step "6/6 Serve (background) and ask for a shopper's recommendations"
 tailor serve --background --port "$PORT"

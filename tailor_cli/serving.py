@@ -66,9 +66,14 @@ def _mapping(preset: str | None, mapping_file: Path | None) -> EventMapping | No
 # --- publish ---------------------------------------------------------------------------------------------
 def publish(
     data: Annotated[
-        Path,
-        typer.Option("--data", "-d", help="Events file, or a store folder with events.parquet (+ catalogue, users)"),
-    ],
+        Path | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Events file, or a store folder with events.parquet (+ catalogue, users); "
+            "default: the data the model was trained on",
+        ),
+    ] = None,
     model_uri: Annotated[
         str | None,
         typer.Option("--model-uri", "-m", help="MLflow model URI (default models:/<TAILOR_MODEL_NAME>@champion)"),

@@ -10,6 +10,7 @@ versions 1 and 2. Their answers are known by hand:
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,7 @@ from features.columns import Columns
 from features.ids import IdMap
 from features.matrix import InteractionMatrix
 from features.settings import Settings
+from service.contract import Keys
 from training import tracking
 from training.models.base import Recommender, TrainData, get_model_class
 
@@ -242,3 +244,35 @@ def test_publish_from_the_registry_compacts_the_aof_of_the_embedded_server_only(
     external = store.settings.model_copy(update={"redis_url": redis_url})
     with tracking.quiet_mlflow():
         assert publish_from_registry(uri, events, external, progress=False).aof_rewrite == ""
+
+
+def test_publish_without_data_uses_the_data_the_model_was_trained_on(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, redis_url: str
+) -> None:
+    """``tailor publish --model-uri ...`` alone: the events come from the run's ``data.source``; a run whose
+    data is gone, or that records none, is a clear error naming what to give, and nothing is published."""
+    from training.publish import PublishError, active_version, publish_from_registry
+
+    settings = make_settings(tmp_path_factory, "trained-on").model_copy(update={"redis_url": redis_url})
+    store_folder = tmp_path / "store"
+    store_folder.mkdir()
+    _events().write_parquet(store_folder / "events.parquet")
+    with tracking.quiet_mlflow():
+        for source in (str(store_folder), None, str(tmp_path / "gone")):
+            with tracking.start_run("tailor/trained-on", settings) as run_id:
+                if source is not None:
+                    tracking.log_dataset(_events(), source=source, name="store")
+                version = tracking.register(tracking.log_recommender(_popularity([["a"], ["b"], ["a"]])), settings)
+            uri = f"models:/{settings.model_name}/{version}"
+            if source == str(store_folder):
+                summary = publish_from_registry(uri, None, settings, progress=False)
+                continue
+            expected = f"its run {run_id} records no" if source is None else f"trained on {tmp_path / 'gone'}, which"
+            with pytest.raises(PublishError, match=re.escape(expected)):
+                publish_from_registry(uri, None, settings, progress=False)
+    client = redis.Redis.from_url(redis_url)
+    active = active_version(client)
+    assert active is not None
+    assert (active.version, active.model_version, active.users) == (summary.version, "1", 3)
+    assert client.exists(Keys.user(active.version, "u2")) == 1
+    client.close()

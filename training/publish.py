@@ -206,7 +206,7 @@ def publish(
 
 def publish_from_registry(
     model_uri: str,
-    data: Path,
+    data: Path | None,
     settings: Settings,
     *,
     mapping: EventMapping | None = None,
@@ -220,17 +220,24 @@ def publish_from_registry(
 ) -> PublishSummary:
     """``tailor publish``: load the model behind ``model_uri`` and the store's data, then :func:`publish`.
 
-    ``data`` is an events file or a store folder; the catalogue and users default to the folder's
-    ``catalogue.parquet``/``users.parquet``. Without any catalogue, one is derived from the events
-    (every item available, no category). Starts the embedded Redis if it is the one in use, and then
+    ``data`` is an events file or a store folder; None means the data the model was trained on (its
+    run's ``data.source``). The catalogue and users default to the folder's ``catalogue.parquet`` and
+    ``users.parquet``. Without any catalogue, one is derived from the events (every item available, no
+    category). Starts the embedded Redis if it is the one in use, and then
     compacts its append-only file after the switch (:func:`rewrite_aof`); a server at ``REDIS_URL`` is
     left to its operator's persistence settings.
     """
     from features.loaders import load_events
     from service.redis_server import ensure_redis, sync_client
-    from training.tracking import load_recommender
+    from training.tracking import load_recommender, training_data
 
     model, model_info = load_recommender(model_uri, settings)
+    if data is None:
+        data = training_data(model_info.run_id, settings)
+        if data is None:
+            raise PublishError(f"{model_uri}: its run {model_info.run_id} records no training data; give --data")
+        if not data.exists():
+            raise PublishError(f"{model_uri} was trained on {data}, which no longer exists; give --data")
     events = load_events(data, mapping).events
     catalogue, users = _reference_tables(data, catalogue_path, users_path, events)
     info = PublishInfo(

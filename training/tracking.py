@@ -342,6 +342,17 @@ def load_recommender(model_uri: str, settings: Settings) -> tuple[Recommender, M
     return Recommender.load(_recommender_folder(folder)), info
 
 
+def training_data(run_id: str, settings: Settings) -> Path | None:
+    """The events a run was trained on (its ``data.source`` param, see :func:`log_dataset`), or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        source = connect(settings).get_run(run_id).data.params.get("data.source")
+    except MlflowException as exc:
+        raise TrackingError(f"cannot read run {run_id}: {_short(exc)}") from exc
+    return Path(source) if source else None
+
+
 def _download(source: str, settings: Settings) -> Path:
     """Download a model's artifacts into the cache (atomic rename; reused when already present)."""
     import mlflow.artifacts
