@@ -110,7 +110,8 @@ class TinyStore:
     model: StaticModel
 
 
-def _events(rows: list[tuple[str, str, str, str]]) -> pl.DataFrame:
+def events_frame(rows: list[tuple[str, str, str, str]]) -> pl.DataFrame:
+    """Events from (user, item, event type, "YYYY-MM-DD HH:MM") rows."""
     users, items, types, times = zip(*rows, strict=True)
     return pl.DataFrame(
         {
@@ -175,7 +176,7 @@ def tiny_store() -> TinyStore:
     * global: A12 D10 C4 B2 E1, then F (older purchase), H → A D C B E F H (G unavailable, X unknown)
     * categories: toys A C B; books D E F; garden H. Segments: vip A C B; bargain D B
     """
-    events = _events(TINY_EVENTS)
+    events = events_frame(TINY_EVENTS)
     model = StaticModel(TINY_SCORES).fit(TrainData(build_matrix(events)))
     return TinyStore(events, pl.DataFrame(TINY_CATALOGUE), pl.DataFrame(TINY_USERS), model)
 

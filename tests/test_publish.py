@@ -31,7 +31,7 @@ from service.contract import (
     encode,
 )
 from service.redis_server import LocalRedis, free_port
-from tests.conftest import TINY_SCORES, StaticConfig, StaticModel, TinyStore
+from tests.conftest import TINY_SCORES, StaticConfig, StaticModel, TinyStore, events_frame
 from training.models.base import Recommendations, TrainData, get_model_class
 from training.publish import (
     LOCK_TTL_S,
@@ -41,6 +41,7 @@ from training.publish import (
     PublishProgress,
     PublishSummary,
     active_version,
+    bought_by_user,
     encode_lists,
     list_payload,
     msgpack_strings,
@@ -179,6 +180,41 @@ def test_a_registry_model_round_trips(tiny_store: TinyStore, redis_client: redis
     assert u4 is not None
     assert set(u4.items[:2]) == {"A", "B"}
     assert "X" not in u4.items
+
+
+def test_bought_lists_hold_any_item_last_bought_first() -> None:
+    events = events_frame([
+        ("u1", "A", "purchase", "2024-01-01 10:00"),
+        ("u1", "B", "purchase", "2024-01-03 10:00"),
+        ("u1", "A", "purchase", "2024-01-05 10:00"),  # A again, last: first
+        ("u1", "C", "view", "2024-01-06 10:00"),  # not a purchase
+        ("u2", "Z", "purchase", "2024-01-02 10:00"),  # ties in time go by item id
+        ("u2", "Y", "purchase", "2024-01-02 10:00"),
+        ("u2", "Q", "add_to_cart", "2024-01-01 10:00"),
+    ])  # fmt: skip
+    assert bought_by_user(events, ("purchase",)) == {"u1": ["A", "B"], "u2": ["Y", "Z"]}
+    assert bought_by_user(events, ("purchase", "add_to_cart"), limit=2) == {"u1": ["A", "B"], "u2": ["Y", "Z"]}
+    assert bought_by_user(events, ("add_to_cart",)) == {"u2": ["Q"]}
+    assert bought_by_user(events, ()) == {}
+
+
+def test_purchases_the_model_does_not_know_are_published_too(tiny_store: TinyStore, redis_client: redis.Redis) -> None:
+    """Items bought after training (H) and shoppers first seen buying (u8) are kept out of fallback top-ups."""
+    newer = pl.concat([
+        tiny_store.events,
+        events_frame([
+            ("u1", "H", "purchase", "2024-01-20 09:00"),
+            ("u8", "D", "purchase", "2024-01-19 12:00"),
+            ("u8", "C", "purchase", "2024-01-19 13:00"),
+        ]),
+    ])  # fmt: skip
+    summary = run(dataclasses.replace(tiny_store, events=newer), redis_client)
+    assert summary.users == 6  # u1-u4, segment-only u9, and u8 known only by purchases
+    assert user(redis_client, summary.version, "u1") == UserRecs(
+        items=["G", "C", "B", "D"], scores=[7.0, 6.0, 5.0, 4.0], segment="vip", bought=["A", "H"]
+    )
+    assert user(redis_client, summary.version, "u8") == UserRecs(items=[], scores=[], bought=["C", "D"])
+    assert user(redis_client, summary.version, "u9") == UserRecs(items=[], scores=[], segment="bargain")
 
 
 # --- versions: switch, grace, interruption, lock ----------------------------------------------------

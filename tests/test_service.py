@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import gc
 import os
@@ -23,6 +24,7 @@ from urllib.parse import parse_qsl
 
 import httpx
 import msgspec
+import polars as pl
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -40,7 +42,7 @@ from service.redis_server import free_port
 from service.resp import Pipe, Reply, pack
 from service.schemas import MAX_BATCH, EventsAccepted, Problem, RecommendationsOut, SimilarItemsOut, Source
 from service.store import MAX_IN_FLIGHT, USER_STATE_LUA, Store
-from tests.conftest import TINY_SCORES, StaticConfig, StaticModel, TinyStore
+from tests.conftest import TINY_SCORES, StaticConfig, StaticModel, TinyStore, events_frame
 from training.models.base import TrainData
 from training.publish import PublishInfo, PublishProgress, PublishSummary, publish
 
@@ -114,6 +116,24 @@ def test_top_up_to_k_skips_past_purchases_and_duplicates(client: TestClient[Any]
     body = recommend(client, "u1", k=6)  # vip adds nothing new (A bought, C B taken); global gives E F H
     assert items(body) == ["C", "B", "D", "E", "F", "H"]
     assert reasons(body) == ["personalized"] * 3 + ["popular"] * 3
+
+
+def test_purchases_made_after_training_are_kept_out_of_the_top_up(
+    settings: Settings, tiny_store: TinyStore, redis_client: redis.Redis
+) -> None:
+    """Publish with newer events than the model saw: u8 (unknown to the model) bought D and C, u1 bought H."""
+    newer = events_frame([
+        ("u1", "H", "purchase", "2024-01-20 09:00"),
+        ("u8", "D", "purchase", "2024-01-19 12:00"),
+        ("u8", "C", "purchase", "2024-01-19 13:00"),
+    ])  # fmt: skip
+    run_publish(dataclasses.replace(tiny_store, events=pl.concat([tiny_store.events, newer])), redis_client)
+    with TestClient(create_app(settings)) as test_client:
+        test_client.headers["X-API-Key"] = KEY
+        everyone = items(recommend(test_client, "nobody", k=8))
+        assert {"C", "D", "H"} <= set(everyone)
+        assert items(recommend(test_client, "u8", k=8)) == [i for i in everyone if i not in {"C", "D"}]
+        assert "H" not in items(recommend(test_client, "u1", k=8))
 
 
 def test_the_segment_list_comes_before_the_global_one(client: TestClient[Any]) -> None:

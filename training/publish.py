@@ -657,6 +657,7 @@ class _Job:
         model_users = self.model.users.external
         segments = _segments(users)
         exclude = _exclusions(self.model, events, exclude_types)
+        bought = bought_by_user(events, exclude_types) if exclude is not None else {}
         missing = self.model.items.external[~in_catalogue].tolist()
         task = self.progress.add_task("user recommendations", total=len(model_users))
         for start in range(0, len(model_users), self.batch_users):
@@ -665,9 +666,10 @@ class _Job:
             recs = self.model.recommend(
                 model_users[start:stop], self.top_n, filter_seen=False, exclude=batch_exclude, exclude_items=missing
             )
-            self.write_user_batch(recs, segments, _bought_lists(batch_exclude, self.model.items.external))
+            batch_bought = [bought.get(user, []) for user in model_users[start:stop].tolist()] if bought else None
+            self.write_user_batch(recs, segments, batch_bought)
             self._batch_done("users", task, stop, len(model_users))
-        return len(model_users) + self._write_segment_only_users(segments)
+        return len(model_users) + self._write_other_users(segments, bought)
 
     def write_user_batch(
         self, recs: Recommendations, segments: dict[str, str], bought: Sequence[list[str]] | None = None
@@ -681,17 +683,23 @@ class _Job:
         write_user_lists(self.writer, self.version, recs, segments, bought, wait=False)
         self.user_write_seconds += time.perf_counter() - started
 
-    def _write_segment_only_users(self, segments: dict[str, str]) -> int:
-        """Users the model does not know but whose segment is known get an empty list with the segment.
+    def _write_other_users(self, segments: dict[str, str], bought: dict[str, list[str]]) -> int:
+        """Users the model does not know but whose segment or purchases are known get an empty list with
+        them: the service then serves their segment's list, without what they bought.
 
         Timed with the user lists (and ends the user phase by waiting for every user key to be stored).
         """
         started = time.perf_counter()
-        extra = [u for u in segments if self.model.users.index_of(u) is None]
-        payloads = {s: encode(UserRecs(items=[], scores=[], segment=s)) for s in {segments[u] for u in extra}}
+        extra = [u for u in {**segments, **bought} if self.model.users.index_of(u) is None]
+        by_segment: dict[str | None, bytes] = {}  # one payload per segment for the many who bought nothing
         prefix = Keys.user(self.version, "")  # prefix + id == Keys.user(version, id), as in write_user_lists
-        for user in extra:  # one payload per segment, not one encode per user
-            self.writer.set(prefix + user, payloads[segments[user]])
+        for user in extra:
+            segment, past = segments.get(user), bought.get(user)
+            if past:
+                payload = encode(UserRecs(items=[], scores=[], segment=segment, bought=past))
+            elif (payload := by_segment.get(segment, b"")) == b"":
+                payload = by_segment[segment] = encode(UserRecs(items=[], scores=[], segment=segment))
+            self.writer.set(prefix + user, payload)
         self.writer.flush()
         self.user_write_seconds += time.perf_counter() - started
         return len(extra)
@@ -993,12 +1001,25 @@ def switch_active(client: redis.Redis, active: ActiveVersion, now: datetime) -> 
         raise PublishError(f"cannot switch to version {active.version}: {exc}") from exc
 
 
-def _bought_lists(exclude: sp.csr_matrix | None, items: npt.NDArray[np.str_]) -> list[list[str]] | None:
-    """Per row of ``exclude``, the external ids of its non-zero columns (at most ``BOUGHT_MAX``)."""
-    if exclude is None:
-        return None
-    ptr, cols = exclude.indptr, exclude.indices
-    return [items[cols[ptr[r] : ptr[r + 1]][:BOUGHT_MAX]].tolist() for r in range(exclude.shape[0])]
+def bought_by_user(events: pl.DataFrame, types: tuple[str, ...], limit: int = BOUGHT_MAX) -> dict[str, list[str]]:
+    """Per user, the items of their events of ``types`` (e.g. purchases), last bought first, at most ``limit``.
+
+    Any item, not only the model's: the service keeps these out of every step of a response (fallback lists
+    come from recent events, so they hold items newer than the model). Ties in time go by item id.
+    """
+    if not types:
+        return {}
+    last = (
+        events.lazy()
+        .filter(pl.col(Columns.EVENT).is_in(list(types)))
+        .group_by(Columns.USER, Columns.ITEM)
+        .agg(pl.col(Columns.TIMESTAMP).max())
+        .sort([Columns.USER, Columns.TIMESTAMP, Columns.ITEM], descending=[False, True, False])
+        .group_by(Columns.USER, maintain_order=True)
+        .agg(pl.col(Columns.ITEM).head(limit))
+        .collect()
+    )
+    return dict(zip(last[Columns.USER].to_list(), last[Columns.ITEM].to_list(), strict=True))
 
 
 def significant(scores: npt.NDArray[np.floating[Any]], digits: int = 7) -> npt.NDArray[np.float64]:
