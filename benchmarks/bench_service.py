@@ -273,8 +273,8 @@ def bench_app() -> Litestar:
 
     * ``GET /bench/recommendations``: no parameters — the framework's ceiling;
     * ``GET /bench/users/{user_id}/recommendations``: the recommendations handler's own request handling
-      (the same injected ``request``, the same path and query validation into a ``Query``) — isolates what
-      parsing the request costs.
+      (the same injected ``request`` and ``engine``, the same path and query validation into a ``Query``) —
+      isolates what parsing the request costs.
     """
     import msgspec
     from litestar import Request, Router, get
@@ -283,7 +283,7 @@ def bench_app() -> Litestar:
     from service.app import create_app
     from service.engine import Query
     from service.params import parse_params
-    from service.routes import RequireApiKey
+    from service.routes import EngineDep, RequireApiKey
     from service.schemas import RecommendationParams, RecommendationsOut
 
     settings = Settings()
@@ -293,7 +293,7 @@ def bench_app() -> Litestar:
     async def constant() -> RecommendationsOut:
         return payload
 
-    async def same_signature(request: Request[Any, Any, Any]) -> RecommendationsOut:
+    async def same_signature(request: Request[Any, Any, Any], engine: EngineDep) -> RecommendationsOut:
         Query.parse(parse_params(request, RecommendationParams))  # what the real handler does before the engine
         return payload
 
@@ -302,7 +302,7 @@ def bench_app() -> Litestar:
         get(
             "/users/{user_id:str}/recommendations",
             name="bench-signature",
-            signature_namespace={"Request": Request, "RecommendationsOut": RecommendationsOut},
+            signature_namespace={"Request": Request, "EngineDep": EngineDep, "RecommendationsOut": RecommendationsOut},
         )(same_signature),
     ]
     app.register(Router(path="/bench", route_handlers=handlers, middleware=[RequireApiKey(settings.api_keys)]))

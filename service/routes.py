@@ -1,4 +1,5 @@
-"""HTTP endpoints. Handlers only parse and delegate to :class:`~service.engine.Engine`.
+"""HTTP endpoints. Handlers only parse and delegate to :class:`~service.engine.Engine`, which Litestar
+injects (with the metrics) from the app's :class:`~service.app.Services`.
 
 Open: ``/health``, ``/ready``, ``/metrics``, ``/schema``. Everything under ``/v1`` needs an
 ``X-API-Key`` header holding one of ``Settings.api_keys``.
@@ -13,11 +14,12 @@ from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import Request, Response, Router, get, post
+from litestar.di import NamedDependency
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
-from litestar.params import Body
+from litestar.params import Body, SkipValidation
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from service import examples
@@ -90,17 +92,9 @@ class RequireApiKey(ASGIMiddleware):
 
 
 Req = Request[Any, Any, Any]
-
-
-def _engine(request: Req) -> Engine:
-    """The app's engine (set by the lifespan), read through the request.
-
-    Not a dependency (Litestar resolves those through their own signature model on every request) and
-    not a ``state: State`` parameter (Litestar copies the app state into a new ``State`` per request):
-    the request object already exists, so injecting it costs nothing.
-    """
-    engine: Engine = request.app.state.engine
-    return engine
+EngineDep = NamedDependency[SkipValidation[Engine]]
+"""The app's engine, injected (``Services.provide_engine``); not validated: it is the object the app made."""
+MetricsDep = NamedDependency[SkipValidation[Metrics]]
 
 
 @get(
@@ -110,11 +104,11 @@ def _engine(request: Req) -> Engine:
     tags=["recommendations"],
     operation_class=documented(RecommendationParams),
 )
-async def recommendations(request: Req) -> RecommendationsOut:
+async def recommendations(request: Req, engine: EngineDep) -> RecommendationsOut:
     """Top-k items for the shopper: their precomputed list, items similar to what they just viewed, then
     popular items (requested category, their segment, global) to fill up to k. Unavailable, excluded
     and purchased items are never returned."""
-    return await _engine(request).recommend(Query.parse(parse_params(request, RecommendationParams)))
+    return await engine.recommend(Query.parse(parse_params(request, RecommendationParams)))
 
 
 @get(
@@ -128,10 +122,10 @@ async def recommendations(request: Req) -> RecommendationsOut:
     tags=["recommendations"],
     operation_class=documented(SimilarParams),
 )
-async def similar_items(request: Req) -> SimilarItemsOut:
+async def similar_items(request: Req, engine: EngineDep) -> SimilarItemsOut:
     """The item's precomputed similar items that are available, best first."""
     query = parse_params(request, SimilarParams)
-    return await _engine(request).similar(query.item_id, query.k)
+    return await engine.similar(query.item_id, query.k)
 
 
 _SINGLE = {"user_id": "17850", "item_id": "85123A", "event_type": "view"}
@@ -154,7 +148,7 @@ _BATCH = {
     tags=["events"],
 )
 async def post_events(
-    request: Req,
+    engine: EngineDep,
     data: Annotated[
         dict[str, Any] | None,
         Body(
@@ -170,7 +164,7 @@ async def post_events(
     """Append events to the event stream and update the shopper's real-time state before answering 202.
     A purchase removes the item from the shopper's next recommendations; views of a new shopper make
     their next recommendations personal. 503 when Redis is unreachable (nothing is stored)."""
-    return await _engine(request).record(parse_events(data))
+    return await engine.record(parse_events(data))
 
 
 def parse_events(data: dict[str, Any] | None) -> list[EventIn]:
@@ -198,14 +192,13 @@ async def health() -> Health:
 
 
 @get("/ready", summary="Readiness: Redis reachable and a version published", responses=_ERRORS, tags=["operations"])
-async def ready(request: Req) -> Ready:
-    return await _engine(request).ready()
+async def ready(engine: EngineDep) -> Ready:
+    return await engine.ready()
 
 
 @get("/metrics", include_in_schema=False, media_type=CONTENT_TYPE)
-async def metrics(request: Req) -> Response[bytes]:
-    registry: Metrics = request.app.state.metrics
-    return Response(registry.render(), media_type=CONTENT_TYPE)
+async def metrics(metrics: MetricsDep) -> Response[bytes]:
+    return Response(metrics.render(), media_type=CONTENT_TYPE)
 
 
 def api_router(api_keys: Iterable[str]) -> Router:
