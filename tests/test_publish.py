@@ -249,6 +249,9 @@ def test_old_versions_survive_their_grace_period_then_go(tiny_store: TinyStore, 
     run(tiny_store, redis_client, grace_s=60, now=T0 + timedelta(seconds=10))  # switched from v1 to v2
     took = timedelta(seconds=time.perf_counter() - before)
     v1 = decode(redis_client.hget(Keys.VERSIONS, "1"), VersionState)
+    # Redis drops the retired version by itself after the grace period, even if no publish follows
+    assert {0 < redis_client.ttl(name) <= 60 for name in v1_keys} == {True}
+    assert {redis_client.ttl(name) for name in namespace(redis_client, 2)} == {-1}
     assert (v1.status, v1.started_at) == (VersionStatus.RETIRED, T0)
     assert v1.retired_at is not None
     assert T0 + timedelta(seconds=10) < v1.retired_at < T0 + timedelta(seconds=10) + took

@@ -16,9 +16,11 @@ Then ``tailor:active`` is switched with one Lua script that checks the manifest 
 active version is still the one this publish started from, and records the previous version as
 retired. Until that instant readers keep reading the previous version, untouched.
 
-Old versions: deleted at the start of the *next* publish, once ``grace_s`` seconds have passed since
-they were retired (readers in flight finish on them). Versions left half-written by an interrupted
-publish (exception, kill) are deleted then too. A lock (``tailor:publish_lock``, with a TTL refreshed
+Old versions: once the switch is done, every key of the version it retired is set to expire
+``grace_s`` seconds later (readers in flight finish on it), so Redis drops it even if no other publish
+follows. The *next* publish also deletes any version retired more than ``grace_s`` ago (should a
+publish have stopped before setting the expiry), and versions left half-written by an interrupted
+publish (exception, kill). A lock (``tailor:publish_lock``, with a TTL refreshed
 every batch) keeps two publishes from running at once; a lock left by a killed publish on this host
 is taken over at once, any other expires after :data:`LOCK_TTL_S`.
 
@@ -198,6 +200,8 @@ def publish(
         cleanup_versions(redis_client, grace_s=grace_s, now=now)
         job = _Job(model, redis_client, info, top_n, batch_users, progress, callback, lock, now)
         summary = job.run(events, catalogue, users, tuple(exclude_event_types), fallback_days, fallback_size)
+        if job.retired is not None:
+            expire_namespace(redis_client, job.retired, grace_s)
     finally:
         lock.release()
     seconds = time.perf_counter() - started  # the publish itself; the rewrite below runs in Redis' background
@@ -329,6 +333,31 @@ def active_version(client: redis.Redis) -> ActiveVersion | None:
     """The active version record, or None before the first publish."""
     raw = client.get(Keys.ACTIVE)
     return decode(raw, ActiveVersion, where=Keys.ACTIVE) if raw is not None else None
+
+
+def expire_namespace(client: redis.Redis, version: int, seconds: int) -> int:
+    """Set every key of ``version`` to expire in ``seconds`` (SCAN in batches, pipelined); return how many.
+
+    Relative to the server's clock, so it holds whatever time the publish was stamped with.
+    """
+    expired = 0
+    batch: list[bytes] = []
+
+    def flush() -> int:
+        pipe = client.pipeline(transaction=False)
+        for name in batch:
+            pipe.expire(name, seconds)
+        done = sum(1 for ok in pipe.execute() if ok)
+        batch.clear()
+        return done
+
+    for name in client.scan_iter(match=Keys.namespace(version) + "*", count=_SCAN_COUNT):
+        batch.append(name)
+        if len(batch) >= _SCAN_COUNT:
+            expired += flush()
+    if batch:
+        expired += flush()
+    return expired
 
 
 def delete_namespace(client: redis.Redis, version: int) -> int:
@@ -591,6 +620,7 @@ class _Job:
     writer: BatchWriter = field(init=False)
     progress: Progress = field(init=False)
     user_write_seconds: float = 0.0
+    retired: int | None = None  # the version this publish's switch retired
 
     def run(
         self,
@@ -736,7 +766,8 @@ class _Job:
         self.writer.set(Keys.manifest(self.version), encode(active))
         self.writer.flush()
         self._verify(active)
-        switch_active(self.client, active, self.now + timedelta(seconds=time.perf_counter() - self.clock))
+        switched_at = self.now + timedelta(seconds=time.perf_counter() - self.clock)
+        self.retired = switch_active(self.client, active, switched_at)
 
     def _verify(self, active: ActiveVersion) -> None:
         """The completeness check before the switch: manifest readable and identical, metadata complete."""
@@ -970,8 +1001,9 @@ def _array_header(count: int) -> bytes:
     return b"\xdd" + count.to_bytes(4, "big")
 
 
-def switch_active(client: redis.Redis, active: ActiveVersion, now: datetime) -> None:
-    """Atomically make ``active`` the served version and retire the previous one (Lua compare-and-set).
+def switch_active(client: redis.Redis, active: ActiveVersion, now: datetime) -> int | None:
+    """Atomically make ``active`` the served version and retire the previous one (Lua compare-and-set);
+    return the retired version, if there was one.
 
     ``now`` is the switch: the previous version's grace period counts from it, since readers that saw the
     old active record can only be in flight from then on. Each version keeps the ``started_at`` of its
@@ -999,6 +1031,7 @@ def switch_active(client: redis.Redis, active: ActiveVersion, now: datetime) -> 
         )
     except redis.ResponseError as exc:
         raise PublishError(f"cannot switch to version {active.version}: {exc}") from exc
+    return previous.version if previous else None
 
 
 def bought_by_user(events: pl.DataFrame, types: tuple[str, ...], limit: int = BOUGHT_MAX) -> dict[str, list[str]]:
