@@ -238,6 +238,13 @@ class Engine:
                 return chosen
             meta.update(await self.store.item_meta(version, missing))
 
+    async def _item(self, version: int, item_id: str) -> ItemMeta | None:
+        """One item's metadata (cached per version like the candidates'); None if not in the catalogue."""
+        meta = self.cache.meta if version == self.cache.version else {}
+        if item_id not in meta:
+            meta.update(await self.store.item_meta(version, [item_id]))
+        return meta[item_id]
+
     def _degraded(self, query: Query) -> RecommendationsOut:
         """Redis is unreachable: the in-memory global list minus the caller's exclusions."""
         if self.cache.outage_copy is None:
@@ -250,15 +257,25 @@ class Engine:
 
     # --- similar items, readiness, events -----------------------------------------------------------------
     async def similar(self, item_id: str, k: int) -> SimilarItemsOut:
-        """Available items similar to ``item_id``; NotFoundError when the active version does not know it."""
+        """Available items similar to ``item_id``, from its published list.
+
+        An item of the catalogue that the model does not know (new, or never bought) has no list: it gets
+        the popular items of its category, then the global ones, each with that reason. NotFoundError when
+        the active version's catalogue does not have the item either.
+        """
         active, rec = await self._in_active_version(functools.partial(self.store.similar_list, item_id))
         self.cache.observe(active)
-        if rec is None:
-            raise NotFoundError(f"item {item_id!r} is not in published version {active.version}", field="item_id")
-        chosen = await self._pick(active.version, [ranking.from_list(rec, "similar", Source.PERSONALIZED)], set(), k)
+        if rec is not None:
+            streams = [ranking.from_list(rec, ranking.SIMILAR, Source.PERSONALIZED)]
+        else:
+            meta = await self._item(active.version, item_id)
+            if meta is None:
+                raise NotFoundError(f"item {item_id!r} is not in published version {active.version}", field="item_id")
+            streams = await self._fallback_streams(active, meta.category, None)
+        chosen = await self._pick(active.version, streams, {item_id}, k)
         items = [
-            SimilarItem(item_id=other, rank=rank, score=score, category=category)
-            for rank, (other, score, _, _, category) in enumerate(chosen, start=1)
+            SimilarItem(item_id=other, rank=rank, score=score, reason=reason, category=category)
+            for rank, (other, score, reason, _, category) in enumerate(chosen, start=1)
         ]
         return SimilarItemsOut(
             item_id=item_id, items=items, model_version=active.model_version, publish_version=active.version,

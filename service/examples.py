@@ -57,13 +57,24 @@ SIMILAR: Final[list[Answer]] = [
         {
             "item_id": "85123A",
             "items": [
-                {"item_id": "21733", "rank": 1, "score": 0.734, "category": "home"},
-                {"item_id": "84029E", "rank": 2, "score": 0.689, "category": "home"},
+                {"item_id": "21733", "rank": 1, "score": 0.734, "reason": "similar", "category": "home"},
+                {"item_id": "84029E", "rank": 2, "score": 0.689, "reason": "similar", "category": "home"},
             ],
             **_PUBLISHED,
         },
-    )
-]
+    ),
+    (
+        "an item the model does not know yet: popular items of its category",
+        {
+            "item_id": "NEW-42",
+            "items": [
+                {"item_id": "22423", "rank": 1, "score": 412.0, "reason": "popular_in_category:kitchen",
+                 "category": "kitchen"},
+            ],
+            **_PUBLISHED,
+        },
+    ),
+]  # fmt: skip
 
 EVENTS_ACCEPTED: Final[list[Answer]] = [
     ("the batch of two events", {"accepted": 2, "event_ids": ["1714557600000-0", "1714557600000-1"]}),

@@ -22,6 +22,7 @@ from service.schemas import Source
 
 PERSONALIZED = "personalized"
 POPULAR = "popular"
+SIMILAR = "similar"
 _UNKNOWN = ItemMeta(available=False)
 """Sentinel (compared by identity) for "no metadata loaded yet", unlike None: "not in the catalogue"."""
 

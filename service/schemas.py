@@ -104,14 +104,18 @@ class RecommendationsOut(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SimilarItem(msgspec.Struct, frozen=True, kw_only=True):
+    """One similar item. ``reason``: similar (the model's list), or, for an item the model does not know,
+    popular_in_category:CAT then popular."""
+
     item_id: str
     rank: int
     score: float
+    reason: str
     category: str | None = None
 
 
 class SimilarItemsOut(msgspec.Struct, frozen=True, kw_only=True):
-    """Items similar to ``item_id`` (available ones only), best first."""
+    """Items similar to ``item_id`` (available ones only, never the item itself), best first."""
 
     item_id: str
     items: list[SimilarItem]

@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 import uvloop
 from litestar.testing import TestClient
 
+from features.columns import Columns
 from features.settings import Settings
 from service.app import GC_YOUNG_THRESHOLD, create_app
 from service.contract import HEAD_SIZE, ActiveVersion, ContractError, ItemMeta, Keys, RecList, UserRecs, decode, encode
@@ -42,7 +43,7 @@ from service.redis_server import free_port
 from service.resp import Pipe, Reply, pack
 from service.schemas import MAX_BATCH, EventsAccepted, Problem, RecommendationsOut, SimilarItemsOut, Source
 from service.store import MAX_IN_FLIGHT, USER_STATE_LUA, Store
-from tests.conftest import TINY_SCORES, StaticConfig, StaticModel, TinyStore, events_frame
+from tests.conftest import TINY_CATALOGUE, TINY_SCORES, StaticConfig, StaticModel, TinyStore, events_frame
 from training.models.base import TrainData
 from training.publish import PublishInfo, PublishProgress, PublishSummary, publish
 
@@ -201,6 +202,27 @@ def test_similar_items_take_one_round_trip_and_follow_a_new_version(
     run_publish(tiny_store, redis_client, model=second_model(tiny_store), model_version="2")
     redis_client.set(Keys.similar(1, "A"), b"\xc1 not msgpack")  # the stale guess is read, and must not matter
     assert similar_a() == (2, "2", ["B", "C"])  # the guessed version 1 was stale: read again in version 2
+
+
+def test_a_catalogue_item_the_model_does_not_know_gets_popular_items_of_its_category(
+    settings: Settings, tiny_store: TinyStore, redis_client: redis.Redis
+) -> None:
+    """I (toys) and H (garden, alone in it) are in the catalogue, not in the model: no similar list."""
+    new_item = pl.DataFrame({**{c: [v[0]] for c, v in TINY_CATALOGUE.items()}, Columns.ITEM: ["I"]})
+    run_publish(dataclasses.replace(tiny_store, catalogue=pl.concat([tiny_store.catalogue, new_item])), redis_client)
+    with TestClient(create_app(settings)) as test_client:
+        test_client.headers["X-API-Key"] = KEY
+
+        def similar(item: str, k: int) -> list[tuple[str, str]]:
+            response = test_client.get(f"/v1/items/{item}/similar", params={"k": k})
+            assert response.status_code == 200, response.text
+            return [(i["item_id"], i["reason"]) for i in response.json()["items"]]
+
+        toys = "popular_in_category:toys"
+        assert similar("I", 4) == [("A", toys), ("C", toys), ("B", toys), ("D", "popular")]
+        assert similar("H", 3) == [("A", "popular"), ("D", "popular"), ("C", "popular")]  # never H itself
+        assert similar("A", 2) == [("B", "similar"), ("C", "similar")]
+        assert test_client.get("/v1/items/nope/similar").status_code == 404
 
 
 def test_an_unknown_item_is_a_404_problem(client: TestClient[Any]) -> None:
