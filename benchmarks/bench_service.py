@@ -795,10 +795,10 @@ def _setup_text(r: Results, users: int, ctx: Ctx) -> str:
         f"Ceiling: `GET {CEILING_PATH}` registered on the same app (same API-key check, middleware, exception "
         f"handling and serialisation) returning a constant {r.sample['bytes']:,}-byte `RecommendationsOut` "
         f"captured from a real k={K} answer. *Same signature*: `GET {SIGNATURE_PATH}` with the recommendations "
-        f"handler's own request handling (the injected request, path and query parameters validated into a "
-        f"`Query`), returning the same constant — the difference to the ceiling is routing on a path parameter "
-        f"and parsing the request, the difference to recommendations is Tailor's own work (the Redis round "
-        f"trip, ranking, the response)."
+        f"handler's own request handling (the injected request and engine, path and query parameters validated "
+        f"into a `Query`), returning the same constant — the difference to the ceiling is routing on a path "
+        f"parameter, the injection and parsing the request, the difference to recommendations is Tailor's own "
+        f"work (the Redis round trip, ranking, the response)."
     )
 
 
