@@ -41,7 +41,7 @@ from training.publish import (
     PublishProgress,
     PublishSummary,
     active_version,
-    bought_by_user,
+    bought_lists,
     encode_lists,
     list_payload,
     msgpack_strings,
@@ -192,10 +192,15 @@ def test_bought_lists_hold_any_item_last_bought_first() -> None:
         ("u2", "Y", "purchase", "2024-01-02 10:00"),
         ("u2", "Q", "add_to_cart", "2024-01-01 10:00"),
     ])  # fmt: skip
-    assert bought_by_user(events, ("purchase",)) == {"u1": ["A", "B"], "u2": ["Y", "Z"]}
-    assert bought_by_user(events, ("purchase", "add_to_cart"), limit=2) == {"u1": ["A", "B"], "u2": ["Y", "Z"]}
-    assert bought_by_user(events, ("add_to_cart",)) == {"u2": ["Q"]}
-    assert bought_by_user(events, ()) == {}
+
+    def bought(types: tuple[str, ...], limit: int = 100) -> dict[str, list[str]]:
+        lists = bought_lists(events, types, limit)
+        return dict(zip(lists[Columns.USER].to_list(), lists[Columns.ITEM].to_list(), strict=True))
+
+    assert bought(("purchase",)) == {"u1": ["A", "B"], "u2": ["Y", "Z"]}
+    assert bought(("purchase", "add_to_cart"), limit=2) == {"u1": ["A", "B"], "u2": ["Y", "Z"]}
+    assert bought(("add_to_cart",)) == {"u2": ["Q"]}
+    assert bought(()) == {}
 
 
 def test_purchases_the_model_does_not_know_are_published_too(tiny_store: TinyStore, redis_client: redis.Redis) -> None:
@@ -261,6 +266,17 @@ def test_old_versions_survive_their_grace_period_then_go(tiny_store: TinyStore, 
     assert namespace(redis_client, 1) == {}
     assert namespace(redis_client, 2) != {}
     assert sorted(int(v) for v in redis_client.hkeys(Keys.VERSIONS)) == [2, 3, 4]
+
+
+def test_without_a_grace_period_the_old_version_goes_at_the_switch(
+    tiny_store: TinyStore, redis_client: redis.Redis
+) -> None:
+    run(tiny_store, redis_client, grace_s=0)
+    assert namespace(redis_client, 1) != {}
+    run(tiny_store, redis_client, grace_s=0, model=second_model(tiny_store))
+    assert namespace(redis_client, 1) == {}
+    assert user(redis_client, 2, "u1") is not None
+    assert {redis_client.ttl(name) for name in namespace(redis_client, 2)} == {-1}
 
 
 def test_an_interrupted_publish_leaves_the_previous_version_serving(

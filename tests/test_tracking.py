@@ -25,6 +25,7 @@ import scipy.sparse as sp
 
 from features.columns import Columns
 from features.ids import IdMap
+from features.mapping import EventMapping
 from features.matrix import InteractionMatrix
 from features.settings import Settings
 from service.contract import Keys
@@ -257,15 +258,22 @@ def test_publish_without_data_uses_the_data_the_model_was_trained_on(
     store_folder = tmp_path / "store"
     store_folder.mkdir()
     _events().write_parquet(store_folder / "events.parquet")
+    own_columns = {Columns.USER: "visitor", Columns.ITEM: "product", Columns.EVENT: "kind", Columns.TIMESTAMP: "at"}
+    csv = tmp_path / "export.csv"
+    _events().rename(own_columns).write_csv(csv)  # another store's columns, read through a mapping
+    mapping = EventMapping(user="visitor", item="product", event="kind", time="at")
+    summaries = []
     with tracking.quiet_mlflow():
-        for source in (str(store_folder), None, str(tmp_path / "gone")):
+        for source in (str(store_folder), str(csv), None, str(tmp_path / "gone")):
             with tracking.start_run("tailor/trained-on", settings) as run_id:
                 if source is not None:
-                    tracking.log_dataset(_events(), source=source, name="store")
+                    tracking.log_dataset(
+                        _events(), source=source, name="store", mapping=mapping if source == str(csv) else None
+                    )
                 version = tracking.register(tracking.log_recommender(_popularity([["a"], ["b"], ["a"]])), settings)
             uri = f"models:/{settings.model_name}/{version}"
-            if source == str(store_folder):
-                summary = publish_from_registry(uri, None, settings, progress=False)
+            if source in (str(store_folder), str(csv)):  # the CSV is read with the mapping the run logged
+                summaries.append(publish_from_registry(uri, None, settings, progress=False))
                 continue
             expected = f"its run {run_id} records no" if source is None else f"trained on {tmp_path / 'gone'}, which"
             with pytest.raises(PublishError, match=re.escape(expected)):
@@ -273,6 +281,7 @@ def test_publish_without_data_uses_the_data_the_model_was_trained_on(
     client = redis.Redis.from_url(redis_url)
     active = active_version(client)
     assert active is not None
-    assert (active.version, active.model_version, active.users) == (summary.version, "1", 3)
+    assert [(s.version, s.users) for s in summaries] == [(1, 3), (2, 3)]
+    assert (active.version, active.model_version) == (2, "2")
     assert client.exists(Keys.user(active.version, "u2")) == 1
     client.close()

@@ -62,6 +62,7 @@ class Dataset:
     users: pl.DataFrame | None = None
     truth: GroundTruth | None = None
     validation: dict[str, Any] = field(default_factory=dict)
+    mapping: EventMapping | None = None  # how the events were read (None: Tailor's own columns)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ def load_dataset(data: str | Path, mapping: EventMapping | None = None, *, name:
         users=_load_companion(folder, "users"),
         truth=_load_truth(folder),
         validation=loaded.report.to_dict(),
+        mapping=mapping,
     )
 
 
@@ -307,7 +309,7 @@ def _log_inputs(
     params.update(split.params())
     params.update({"eval.ks": ",".join(map(str, ks)), "train.refit": str(refit).lower()})
     tracking.log_params(params)
-    tracking.log_dataset(dataset.events, source=dataset.source, name=dataset.name)
+    tracking.log_dataset(dataset.events, source=dataset.source, name=dataset.name, mapping=dataset.mapping)
 
 
 def _baseline_metrics(

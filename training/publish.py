@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import socket
 import threading
@@ -81,6 +82,7 @@ BYTES_PER_PIPELINE: Final = 8 << 20  # bounds client memory and the size of one 
 _PUBLISH_SOCKET_TIMEOUT_S: Final = 60.0  # a pipeline of 1000 large SETs can take far longer than a serving timeout
 LOCK_TTL_S: Final = 120
 _SCORE_BUDGET: Final = 1 << 24  # similar-items scoring block: at most ~16M floats
+log = logging.getLogger(__name__)
 _SCAN_COUNT: Final = 1000
 
 _SWITCH = """
@@ -198,10 +200,10 @@ def publish(
     lock = _PublishLock.acquire(redis_client)
     try:
         cleanup_versions(redis_client, grace_s=grace_s, now=now)
-        job = _Job(model, redis_client, info, top_n, batch_users, progress, callback, lock, now)
+        job = _Job(model, redis_client, info, top_n, batch_users, progress, callback, lock, now, clock=started)
         summary = job.run(events, catalogue, users, tuple(exclude_event_types), fallback_days, fallback_size)
         if job.retired is not None:
-            expire_namespace(redis_client, job.retired, grace_s)
+            _retire(redis_client, job.retired, grace_s)
     finally:
         lock.release()
     seconds = time.perf_counter() - started  # the publish itself; the rewrite below runs in Redis' background
@@ -225,23 +227,24 @@ def publish_from_registry(
     """``tailor publish``: load the model behind ``model_uri`` and the store's data, then :func:`publish`.
 
     ``data`` is an events file or a store folder; None means the data the model was trained on (its
-    run's ``data.source``). The catalogue and users default to the folder's ``catalogue.parquet`` and
-    ``users.parquet``. Without any catalogue, one is derived from the events (every item available, no
-    category). Starts the embedded Redis if it is the one in use, and then
-    compacts its append-only file after the switch (:func:`rewrite_aof`); a server at ``REDIS_URL`` is
-    left to its operator's persistence settings.
+    run's ``data.source``, read with the column mapping the run logged unless ``mapping`` is given). The
+    catalogue and users default to the folder's ``catalogue.parquet`` and ``users.parquet``. Without any
+    catalogue, one is derived from the events (every item available, no category). Starts the embedded
+    Redis if it is the one in use, and then compacts its append-only file after the switch
+    (:func:`rewrite_aof`); a server at ``REDIS_URL`` is left to its operator's persistence settings.
     """
     from features.loaders import load_events
     from service.redis_server import ensure_redis, sync_client
     from training.tracking import load_recommender, training_data
 
     model, model_info = load_recommender(model_uri, settings)
-    if data is None:
-        data = training_data(model_info.run_id, settings)
+    if data is None:  # the data the model was trained on, read as it was then (unless a mapping is given)
+        data, trained_mapping = training_data(model_info.run_id, settings)
         if data is None:
             raise PublishError(f"{model_uri}: its run {model_info.run_id} records no training data; give --data")
         if not data.exists():
             raise PublishError(f"{model_uri} was trained on {data}, which no longer exists; give --data")
+        mapping = mapping or trained_mapping
     events = load_events(data, mapping).events
     catalogue, users = _reference_tables(data, catalogue_path, users_path, events)
     info = PublishInfo(
@@ -310,8 +313,7 @@ def rewrite_aof(client: redis.Redis) -> str:
     in the middle of the next publish: the forked child then competes for CPU with the writes, and
     every page the publish writes meanwhile is copied (copy-on-write), up to twice the memory. Rewriting
     right after the switch, when the writes are over, keeps the file compact (the new version and the
-    retired one, until the next publish deletes it) so the next publish's growth stays under the
-    threshold.
+    retired one, until its keys expire) so the next publish's growth stays under the threshold.
 
     Returns ``"started"``, ``"AOF off"`` (nothing to rewrite), ``"already running"`` (Redis rewrites
     it already), or ``"refused: ..."`` with Redis' error (a server that forbids BGREWRITEAOF); the
@@ -333,6 +335,21 @@ def active_version(client: redis.Redis) -> ActiveVersion | None:
     """The active version record, or None before the first publish."""
     raw = client.get(Keys.ACTIVE)
     return decode(raw, ActiveVersion, where=Keys.ACTIVE) if raw is not None else None
+
+
+def _retire(client: redis.Redis, version: int, grace_s: int) -> None:
+    """After the switch: let the retired ``version`` go once its grace period is over (at once without one).
+
+    The new version is live by now, so a failure here only warns: the next publish deletes what is past
+    its grace period anyway.
+    """
+    try:
+        if grace_s > 0:
+            expire_namespace(client, version, grace_s)
+        else:  # UNLINK frees the values off Redis' main thread; an EXPIRE 0 would delete them on it
+            delete_namespace(client, version)
+    except redis.RedisError as exc:
+        log.warning("version %d could not be set to expire (%s); the next publish deletes it", version, exc)
 
 
 def expire_namespace(client: redis.Redis, version: int, seconds: int) -> int:
@@ -687,7 +704,9 @@ class _Job:
         model_users = self.model.users.external
         segments = _segments(users)
         exclude = _exclusions(self.model, events, exclude_types)
-        bought = bought_by_user(events, exclude_types) if exclude is not None else {}
+        bought = bought_lists(events, exclude_types) if exclude is not None else None
+        # aligned with the model's users, so a batch turns only its own lists into Python objects
+        aligned = None if bought is None else _in_order(bought, model_users)
         missing = self.model.items.external[~in_catalogue].tolist()
         task = self.progress.add_task("user recommendations", total=len(model_users))
         for start in range(0, len(model_users), self.batch_users):
@@ -696,10 +715,11 @@ class _Job:
             recs = self.model.recommend(
                 model_users[start:stop], self.top_n, filter_seen=False, exclude=batch_exclude, exclude_items=missing
             )
-            batch_bought = [bought.get(user, []) for user in model_users[start:stop].tolist()] if bought else None
+            batch_bought = None if aligned is None else [b or [] for b in aligned[start:stop].to_list()]
             self.write_user_batch(recs, segments, batch_bought)
             self._batch_done("users", task, stop, len(model_users))
-        return len(model_users) + self._write_other_users(segments, bought)
+        others = {} if bought is None else _not_in(bought, model_users)
+        return len(model_users) + self._write_other_users(segments, others)
 
     def write_user_batch(
         self, recs: Recommendations, segments: dict[str, str], bought: Sequence[list[str]] | None = None
@@ -1034,15 +1054,14 @@ def switch_active(client: redis.Redis, active: ActiveVersion, now: datetime) -> 
     return previous.version if previous else None
 
 
-def bought_by_user(events: pl.DataFrame, types: tuple[str, ...], limit: int = BOUGHT_MAX) -> dict[str, list[str]]:
-    """Per user, the items of their events of ``types`` (e.g. purchases), last bought first, at most ``limit``.
+def bought_lists(events: pl.DataFrame, types: tuple[str, ...], limit: int = BOUGHT_MAX) -> pl.DataFrame:
+    """Per user (``user_id``), the items (``item_id``, a list) of their events of ``types`` (e.g. purchases),
+    last bought first, at most ``limit``; ties in time go by item id.
 
     Any item, not only the model's: the service keeps these out of every step of a response (fallback lists
-    come from recent events, so they hold items newer than the model). Ties in time go by item id.
+    come from recent events, so they hold items newer than the model).
     """
-    if not types:
-        return {}
-    last = (
+    return (
         events.lazy()
         .filter(pl.col(Columns.EVENT).is_in(list(types)))
         .group_by(Columns.USER, Columns.ITEM)
@@ -1052,7 +1071,20 @@ def bought_by_user(events: pl.DataFrame, types: tuple[str, ...], limit: int = BO
         .agg(pl.col(Columns.ITEM).head(limit))
         .collect()
     )
-    return dict(zip(last[Columns.USER].to_list(), last[Columns.ITEM].to_list(), strict=True))
+
+
+def _in_order(bought: pl.DataFrame, users: npt.NDArray[np.str_]) -> pl.Series:
+    """The bought lists of ``users``, in that order (null for users who bought nothing)."""
+    order = pl.DataFrame({Columns.USER: users}, schema={Columns.USER: pl.String})
+    return order.join(bought, on=Columns.USER, how="left", maintain_order="left")[Columns.ITEM]
+
+
+def _not_in(bought: pl.DataFrame, users: npt.NDArray[np.str_]) -> dict[str, list[str]]:
+    """The bought lists of users other than ``users`` (shoppers the model does not know)."""
+    others = bought.join(
+        pl.DataFrame({Columns.USER: users}, schema={Columns.USER: pl.String}), on=Columns.USER, how="anti"
+    )
+    return dict(zip(others[Columns.USER].to_list(), others[Columns.ITEM].to_list(), strict=True))
 
 
 def significant(scores: npt.NDArray[np.floating[Any]], digits: int = 7) -> npt.NDArray[np.float64]:

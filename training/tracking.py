@@ -48,9 +48,12 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
+    from features.mapping import EventMapping
     from training.models.base import Recommender
 
 EXPERIMENT_PREFIX = "tailor/"
+MAPPING_ARTIFACT = "data/mapping.json"
+"""How a run's events were read (an :class:`~features.mapping.EventMapping`), when not Tailor's own columns."""
 MODEL_ARTIFACT_PATH = "model"
 KIND_TAG = "tailor.kind"
 MODEL_TAG = "tailor.model"
@@ -207,8 +210,14 @@ def dataset_profile(events: pl.DataFrame) -> dict[str, str]:
     }
 
 
-def log_dataset(events: pl.DataFrame, *, source: str, name: str, context: str = "training") -> str:
-    """Log ``events`` as the run's dataset input (digest, source, schema, profile); return the digest."""
+def log_dataset(
+    events: pl.DataFrame, *, source: str, name: str, context: str = "training", mapping: EventMapping | None = None
+) -> str:
+    """Log ``events`` as the run's dataset input (digest, source, schema, profile); return the digest.
+
+    ``mapping`` (how the source's columns were read) is logged as the artifact :data:`MAPPING_ARTIFACT`,
+    so that ``tailor publish`` can read the same source again (:func:`training_data`).
+    """
     import mlflow
     from mlflow.data.polars_dataset import from_polars
 
@@ -216,6 +225,8 @@ def log_dataset(events: pl.DataFrame, *, source: str, name: str, context: str = 
     dataset = from_polars(events, source=source, name=name, digest=digest)
     mlflow.log_input(dataset, context=context)
     log_params({**dataset_profile(events), "data.digest": digest, "data.source": source, "data.name": name})
+    if mapping is not None:
+        mlflow.log_dict(mapping.model_dump(mode="json"), MAPPING_ARTIFACT)
     return digest
 
 
@@ -342,15 +353,25 @@ def load_recommender(model_uri: str, settings: Settings) -> tuple[Recommender, M
     return Recommender.load(_recommender_folder(folder)), info
 
 
-def training_data(run_id: str, settings: Settings) -> Path | None:
-    """The events a run was trained on (its ``data.source`` param, see :func:`log_dataset`), or None."""
+def training_data(run_id: str, settings: Settings) -> tuple[Path | None, EventMapping | None]:
+    """Where a run's events came from (its ``data.source`` param) and how they were read (the mapping it
+    logged, None for Tailor's own columns); see :func:`log_dataset`."""
     from mlflow.exceptions import MlflowException
 
+    from features.mapping import EventMapping
+
+    client = connect(settings)
     try:
-        source = connect(settings).get_run(run_id).data.params.get("data.source")
+        source = client.get_run(run_id).data.params.get("data.source")
+        logged = {entry.path for entry in client.list_artifacts(run_id, path=MAPPING_ARTIFACT.rsplit("/", 1)[0])}
+        mapping = None
+        if MAPPING_ARTIFACT in logged:
+            import mlflow.artifacts
+
+            mapping = EventMapping.model_validate(mlflow.artifacts.load_dict(f"runs:/{run_id}/{MAPPING_ARTIFACT}"))
     except MlflowException as exc:
         raise TrackingError(f"cannot read run {run_id}: {_short(exc)}") from exc
-    return Path(source) if source else None
+    return (Path(source) if source else None), mapping
 
 
 def _download(source: str, settings: Settings) -> Path:
