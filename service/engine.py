@@ -239,11 +239,15 @@ class Engine:
             meta.update(await self.store.item_meta(version, missing))
 
     async def _item(self, version: int, item_id: str) -> ItemMeta | None:
-        """One item's metadata (cached per version like the candidates'); None if not in the catalogue."""
+        """One item's metadata; None if not in the catalogue. Cached per version like the candidates' when
+        found only: the id comes from the path, and caching every unknown one would grow without bound."""
         meta = self.cache.meta if version == self.cache.version else {}
-        if item_id not in meta:
-            meta.update(await self.store.item_meta(version, [item_id]))
-        return meta[item_id]
+        found = meta.get(item_id)
+        if found is None:
+            found = (await self.store.item_meta(version, [item_id]))[item_id]
+            if found is not None:
+                meta[item_id] = found
+        return found
 
     def _degraded(self, query: Query) -> RecommendationsOut:
         """Redis is unreachable: the in-memory global list minus the caller's exclusions."""

@@ -33,9 +33,11 @@ from litestar.testing import TestClient
 
 from features.columns import Columns
 from features.settings import Settings
-from service.app import GC_YOUNG_THRESHOLD, create_app
+from service import examples
+from service.app import GC_YOUNG_THRESHOLD, Services, create_app
 from service.contract import HEAD_SIZE, ActiveVersion, ContractError, ItemMeta, Keys, RecList, UserRecs, decode, encode
 from service.engine import Engine, Query, VersionCache
+from service.errors import UnavailableError
 from service.metrics import Metrics
 from service.params import query_pairs
 from service.ranking import because_you_viewed, candidates, from_list, pick
@@ -526,6 +528,13 @@ def test_a_payload_schema_the_service_cannot_read_is_refused(
     assert items(client.get(RECS.format("u1"), params={"k": 3}).json()) == ["C", "B", "D"]
 
 
+def test_the_engine_is_not_injected_before_the_lifespan_has_connected() -> None:
+    services = Services(Metrics())
+    with pytest.raises(UnavailableError, match="starting"):
+        services.provide_engine()
+    assert services.provide_metrics() is services.metrics
+
+
 @pytest.mark.parametrize("record", ["schema 99", "garbage"])
 def test_the_service_starts_when_the_active_version_cannot_be_read(
     settings: Settings, published: PublishSummary, redis_client: redis.Redis, record: str
@@ -703,8 +712,9 @@ def test_ready_is_503_before_the_first_publish_and_200_after(
         response = test_client.get("/ready")
         assert response.status_code == 503
         assert response.json()["title"] == "No recommendations published yet"
-        no_version = test_client.get(RECS.format("u1"), headers={"X-API-Key": KEY})
+        no_version = test_client.get(RECS.format("17850"), headers={"X-API-Key": KEY})
         assert no_version.status_code == 503
+        assert no_version.json() == examples.PROBLEMS[503]  # the documented example is this answer
         run_publish(tiny_store, redis_client)
         response = test_client.get("/ready")
         assert response.status_code == 200
