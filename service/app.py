@@ -41,7 +41,9 @@ class Services:
         self.engine: Engine | None = None
 
     def provide_engine(self) -> Engine:
-        """The ``engine`` dependency: a plain function of no request data, so Litestar resolves it in ~1.5 µs."""
+        """The ``engine`` dependency: a plain function of no request data. Injecting it costs about 3 µs per
+        request (the same-signature route with and without it, in process: 44.7 against 41.7 µs, median of
+        24 alternating rounds), some 2 % of a recommendation over HTTP."""
         if self.engine is None:
             raise UnavailableError("the service is starting: Redis is not connected yet")
         return self.engine
