@@ -111,8 +111,8 @@ class Engine:
 
     async def warm_up(self) -> None:
         """Load the outage copy (startup). Nothing here stops the service from starting: with Redis unreachable
-        it starts cold; with an active version it cannot read (a newer payload schema, a damaged record) it
-        starts too, and each request and ``/ready`` answer 503 saying why, until a readable version is published."""
+        it starts cold; with an active version it cannot read it starts too, and each request and ``/ready``
+        answer as they would after startup (503 naming a newer payload schema, 500 for a damaged record)."""
         try:
             active = await self.store.active()
             if active is not None:

@@ -82,8 +82,13 @@ EVENTS_ACCEPTED: Final[list[Answer]] = [
 
 
 def _problem(status: int, title: str, detail: str, instance: str, field: str | None = None) -> dict[str, Any]:
-    problem: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    problem["instance"] = instance
+    problem: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+    }
     if field is not None:
         problem["errors"] = [{"field": field, "message": detail.removeprefix(f"{field}: ")}]
     return problem

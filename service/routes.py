@@ -54,11 +54,11 @@ def _problem(description: str, example: dict[str, Any]) -> ResponseSpec:
     )
 
 
-def _answer(data: type, description: str, examples: Iterable[tuple[str, dict[str, Any]]]) -> ResponseSpec:
+def _answer(data: type, description: str, answers: Iterable[examples.Answer]) -> ResponseSpec:
     return ResponseSpec(
         data_container=data,
         description=description,
-        examples=[Example(summary=summary, value=value) for summary, value in examples],
+        examples=[Example(summary=summary, value=value) for summary, value in answers],
     )
 
 

@@ -38,7 +38,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -353,42 +353,34 @@ def _retire(client: redis.Redis, version: int, grace_s: int) -> None:
 
 
 def expire_namespace(client: redis.Redis, version: int, seconds: int) -> int:
-    """Set every key of ``version`` to expire in ``seconds`` (SCAN in batches, pipelined); return how many.
+    """Set every key of ``version`` to expire in ``seconds``, a pipeline per batch; return how many.
 
     Relative to the server's clock, so it holds whatever time the publish was stamped with.
     """
     expired = 0
-    batch: list[bytes] = []
-
-    def flush() -> int:
+    for batch in _namespace_batches(client, version):
         pipe = client.pipeline(transaction=False)
         for name in batch:
             pipe.expire(name, seconds)
-        done = sum(1 for ok in pipe.execute() if ok)
-        batch.clear()
-        return done
-
-    for name in client.scan_iter(match=Keys.namespace(version) + "*", count=_SCAN_COUNT):
-        batch.append(name)
-        if len(batch) >= _SCAN_COUNT:
-            expired += flush()
-    if batch:
-        expired += flush()
+        expired += sum(1 for ok in pipe.execute() if ok)
     return expired
 
 
 def delete_namespace(client: redis.Redis, version: int) -> int:
-    """UNLINK every key of ``version`` (SCAN in batches; never blocks Redis on one huge command)."""
-    deleted = 0
+    """UNLINK every key of ``version``, a batch at a time (never blocks Redis on one huge command)."""
+    return sum(int(client.unlink(*batch)) for batch in _namespace_batches(client, version))
+
+
+def _namespace_batches(client: redis.Redis, version: int) -> Iterator[list[bytes]]:
+    """The keys of ``version`` in lists of up to :data:`_SCAN_COUNT` (SCAN: Redis is never blocked)."""
     batch: list[bytes] = []
     for name in client.scan_iter(match=Keys.namespace(version) + "*", count=_SCAN_COUNT):
         batch.append(name)
         if len(batch) >= _SCAN_COUNT:
-            deleted += int(client.unlink(*batch))
-            batch.clear()
+            yield batch
+            batch = []
     if batch:
-        deleted += int(client.unlink(*batch))
-    return deleted
+        yield batch
 
 
 # --- fallback lists -------------------------------------------------------------------------------------
@@ -704,9 +696,9 @@ class _Job:
         model_users = self.model.users.external
         segments = _segments(users)
         exclude = _exclusions(self.model, events, exclude_types)
-        bought = bought_lists(events, exclude_types) if exclude is not None else None
-        # aligned with the model's users, so a batch turns only its own lists into Python objects
-        aligned = None if bought is None else _in_order(bought, model_users)
+        aligned, others = (
+            (None, {}) if exclude is None else _split_bought(bought_lists(events, exclude_types), model_users)
+        )
         missing = self.model.items.external[~in_catalogue].tolist()
         task = self.progress.add_task("user recommendations", total=len(model_users))
         for start in range(0, len(model_users), self.batch_users):
@@ -718,7 +710,6 @@ class _Job:
             batch_bought = None if aligned is None else [b or [] for b in aligned[start:stop].to_list()]
             self.write_user_batch(recs, segments, batch_bought)
             self._batch_done("users", task, stop, len(model_users))
-        others = {} if bought is None else _not_in(bought, model_users)
         return len(model_users) + self._write_other_users(segments, others)
 
     def write_user_batch(
@@ -747,7 +738,9 @@ class _Job:
             segment, past = segments.get(user), bought.get(user)
             if past:
                 payload = encode(UserRecs(items=[], scores=[], segment=segment, bought=past))
-            elif (payload := by_segment.get(segment, b"")) == b"":
+            elif segment in by_segment:
+                payload = by_segment[segment]
+            else:
                 payload = by_segment[segment] = encode(UserRecs(items=[], scores=[], segment=segment))
             self.writer.set(prefix + user, payload)
         self.writer.flush()
@@ -1073,18 +1066,13 @@ def bought_lists(events: pl.DataFrame, types: tuple[str, ...], limit: int = BOUG
     )
 
 
-def _in_order(bought: pl.DataFrame, users: npt.NDArray[np.str_]) -> pl.Series:
-    """The bought lists of ``users``, in that order (null for users who bought nothing)."""
+def _split_bought(bought: pl.DataFrame, users: npt.NDArray[np.str_]) -> tuple[pl.Series, dict[str, list[str]]]:
+    """The :func:`bought_lists` of ``users`` in that order (null for those who bought nothing; kept in
+    polars, so a batch of users turns only its own lists into Python objects), and those of other users."""
     order = pl.DataFrame({Columns.USER: users}, schema={Columns.USER: pl.String})
-    return order.join(bought, on=Columns.USER, how="left", maintain_order="left")[Columns.ITEM]
-
-
-def _not_in(bought: pl.DataFrame, users: npt.NDArray[np.str_]) -> dict[str, list[str]]:
-    """The bought lists of users other than ``users`` (shoppers the model does not know)."""
-    others = bought.join(
-        pl.DataFrame({Columns.USER: users}, schema={Columns.USER: pl.String}), on=Columns.USER, how="anti"
-    )
-    return dict(zip(others[Columns.USER].to_list(), others[Columns.ITEM].to_list(), strict=True))
+    aligned = order.join(bought, on=Columns.USER, how="left", maintain_order="left")[Columns.ITEM]
+    others = bought.join(order, on=Columns.USER, how="anti")
+    return aligned, dict(zip(others[Columns.USER].to_list(), others[Columns.ITEM].to_list(), strict=True))
 
 
 def significant(scores: npt.NDArray[np.floating[Any]], digits: int = 7) -> npt.NDArray[np.float64]:
