@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from typing import Final, TypeVar
 
 import msgspec
-from prometheus_client import Counter
 
 from service import ranking
 from service.contract import ActiveVersion, ContractError, ItemMeta, Keys, RecList
@@ -44,7 +43,7 @@ from service.schemas import (
     SimilarItemsOut,
     Source,
 )
-from service.store import MAX_SEEDS, Store, UserState
+from service.store import MAX_SEEDS, Store
 
 _META_CHUNK_MIN: Final = 32
 _MAX_CHAINS: Final = 10_000
@@ -107,7 +106,6 @@ class Engine:
         self.store = store
         self.metrics = metrics
         self.cache = VersionCache()
-        self._counters: dict[tuple[Source, bool], Counter] = {}
 
     async def warm_up(self) -> None:
         """Load the outage copy (startup). Nothing here stops the service from starting: with Redis unreachable
@@ -128,19 +126,11 @@ class Engine:
             out = await self._recommend(query)
         except StoreUnavailableError:
             out = self._degraded(query)
-        self._counter(out.source, out.degraded).inc()
+        self.metrics.count_recommendation(out.source, out.degraded)
         return out
 
-    def _counter(self, source: Source, degraded: bool) -> Counter:
-        """The recommendations counter of one label pair (``labels()`` costs more than the increment)."""
-        counter = self._counters.get((source, degraded))
-        if counter is None:
-            counter = self.metrics.recommendations.labels(source.value, str(degraded).lower())
-            self._counters[source, degraded] = counter
-        return counter
-
     async def _recommend(self, query: Query) -> RecommendationsOut:
-        active, state = await self._user_state(query.user_id)
+        active, state = await self._in_active_version(functools.partial(self.store.user_state, query.user_id))
         self.cache.observe(active)
         user = state.user
         streams = [
@@ -152,10 +142,6 @@ class Engine:
         blocked = {*query.exclude, *state.bought, *(user.bought if user else ())}
         chosen = await self._pick(active.version, streams, blocked, query.k)
         return _response(query, chosen, active, degraded=False)
-
-    async def _user_state(self, user_id: str) -> tuple[ActiveVersion, UserState]:
-        """The active version and the user's state read in it."""
-        return await self._in_active_version(functools.partial(self.store.user_state, user_id))
 
     async def _in_active_version(
         self, read: Callable[[int], Awaitable[tuple[ActiveVersion | None, T]]]

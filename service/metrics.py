@@ -4,23 +4,51 @@ tailor_http_request_duration_seconds{route,method}   histogram, by route templat
 tailor_http_requests_total{route,method,status}      counter
 tailor_recommendations_total{source,degraded}        counter: personalized vs fallback answers
 tailor_events_total{event_type}                      counter (standard types; others as "other")
+
+The last two are counted on every recommendation and event, so they are plain integers turned into
+samples when ``/metrics`` is scraped (:class:`Tally`), not ``prometheus_client`` counters.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter as Counts
+from collections.abc import Iterable
 from typing import Final
 
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from features.columns import EventType
 
 _BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _KNOWN_EVENTS: Final = frozenset(EventType)
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+
+
+class Tally(Collector):
+    """A Prometheus counter family kept as plain integers by label values, exported when scraped.
+
+    Counting is one dict update (``counts[labels] += 1``): ``Counter.labels(...).inc()`` takes a label
+    lookup and a lock, about 7,000 instructions per recommendation (cachegrind, in process), some 1.4 % of
+    a recommendation's. The service counts on its event loop's thread, and is scraped there too.
+    """
+
+    def __init__(self, name: str, documentation: str, labels: Iterable[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = tuple(labels)
+        self.counts: Counts[tuple[str, ...]] = Counts()
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for values, count in sorted(self.counts.items()):
+            family.add_metric(values, count)
+        return [family]
 
 
 class Metrics:
@@ -39,15 +67,20 @@ class Metrics:
             "tailor_http_requests", "HTTP requests by route and status", ["route", "method", "status"],
             registry=self.registry,
         )  # fmt: skip
-        self.recommendations = Counter(
-            "tailor_recommendations", "Recommendation responses by the step that answered first",
-            ["source", "degraded"], registry=self.registry,
-        )  # fmt: skip
-        self.events = Counter("tailor_events", "Events stored", ["event_type"], registry=self.registry)
+        self.recommendations = Tally(
+            "tailor_recommendations", "Recommendation responses by the step that answered first", ["source", "degraded"]
+        )
+        self.events = Tally("tailor_events", "Events stored", ["event_type"])
+        self.registry.register(self.recommendations)
+        self.registry.register(self.events)
+
+    def count_recommendation(self, source: str, degraded: bool) -> None:
+        """Count a response by the step that answered first (a :class:`~service.schemas.Source`, a str)."""
+        self.recommendations.counts[source, "true" if degraded else "false"] += 1
 
     def count_event(self, event_type: str) -> None:
         """Count an event; unknown types share one label value so label cardinality stays bounded."""
-        self.events.labels(event_type if event_type in _KNOWN_EVENTS else "other").inc()
+        self.events.counts[event_type if event_type in _KNOWN_EVENTS else "other",] += 1
 
     def render(self) -> bytes:
         """The text exposition format."""

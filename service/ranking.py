@@ -59,9 +59,9 @@ def because_you_viewed(seeds: Sequence[str], similar: Sequence[RecList | None]) 
 def candidates(stream: Stream) -> Iterator[tuple[str, float, str]]:
     """``(item, score, reason)`` of a stream in order, built lazily (a request reads only a few): a list's
     encoded rest (past its first :data:`~service.contract.HEAD_SIZE` entries) is decoded only if reached."""
+    if len(stream.lanes) == 1 and not stream.skip:  # a plain list, the common case
+        return _lane(stream.lanes[0], stream.reasons[0])
     lanes = [_lane(rec, reason) for rec, reason in zip(stream.lanes, stream.reasons, strict=True)]
-    if len(lanes) == 1 and not stream.skip:
-        return lanes[0]
     merged = (c for row in zip_longest(*lanes) for c in row if c is not None)
     return (c for c in merged if c[0] not in stream.skip) if stream.skip else merged
 
@@ -89,20 +89,22 @@ def pick(
     their metadata and call again. Otherwise the second list is empty.
     """
     seen = set(blocked)
+    see, known = seen.add, meta.get  # bound once: the loop runs ~10 times per request
     chosen: list[Chosen] = []
     missing: list[str] = []
     for stream in streams:
+        source = stream.source
         for item, score, reason in candidates(stream):
             if item in seen:
                 continue
-            seen.add(item)
-            found = meta.get(item, _UNKNOWN)
+            see(item)
+            found = known(item, _UNKNOWN)
             if found is _UNKNOWN:
                 missing.append(item)
                 if len(missing) >= lookahead:
                     return chosen, missing
             elif found is not None and found.available and not missing:
-                chosen.append((item, score, reason, stream.source, found.category))
+                chosen.append((item, score, reason, source, found.category))
                 if len(chosen) >= k:
                     return chosen, []
     return chosen, missing

@@ -160,8 +160,9 @@ class Store:
             raw = await self.client.get(Keys.ACTIVE)
         return _active(raw)
 
-    async def user_state(self, user_id: str, version: int) -> tuple[ActiveVersion | None, UserState]:
-        """The active version and ``user_id``'s state read in ``version`` (valid only if that is the active one).
+    def user_state(self, user_id: str, version: int) -> asyncio.Future[tuple[ActiveVersion | None, UserState]]:
+        """The active version and ``user_id``'s state read in ``version`` (valid only if that is the active one),
+        to await. A plain method returning the future: one coroutine less per request.
 
         Requests share script calls: the requests of one event-loop tick go together in one call, sent on
         the next tick; while :data:`MAX_IN_FLIGHT` calls are under way, the requests that ask wait for one
@@ -171,7 +172,7 @@ class Store:
         future: asyncio.Future[tuple[ActiveVersion | None, UserState]] = asyncio.get_running_loop().create_future()
         self._pending.setdefault(version, []).append((user_id, future))
         self._schedule_flush()
-        return await future
+        return future
 
     def _schedule_flush(self) -> None:
         if self._pending and not self._flush_scheduled and self._in_flight < MAX_IN_FLIGHT:
