@@ -29,7 +29,7 @@ from service import ranking
 from service.contract import ActiveVersion, ContractError, ItemMeta, Keys, RecList
 from service.errors import InvalidInputError, NotFoundError, NotPublishedError, StoreUnavailableError, UnavailableError
 from service.metrics import Metrics
-from service.ranking import Chosen
+from service.ranking import Item
 from service.schemas import (
     MAX_EXCLUDE,
     MAX_ID_LENGTH,
@@ -140,8 +140,8 @@ class Engine:
         if state.recent:
             streams.insert(1, ranking.because_you_viewed(state.recent[:MAX_SEEDS], state.similar))
         blocked = {*query.exclude, *state.bought, *(user.bought if user else ())}
-        chosen = await self._pick(active.version, streams, blocked, query.k)
-        return _response(query, chosen, active, degraded=False)
+        items, source = await self._pick(active.version, streams, blocked, query.k, RecommendedItem)
+        return _response(query, items, source, active, degraded=False)
 
     async def _in_active_version(
         self, read: Callable[[int], Awaitable[tuple[ActiveVersion | None, T]]]
@@ -210,8 +210,11 @@ class Engine:
                 self.cache.store(active, key, rec)
         return [found.get(key) for key in keys]
 
-    async def _pick(self, version: int, streams: list[ranking.Stream], blocked: set[str], k: int) -> list[Chosen]:
-        """The first ``k`` available candidates of ``streams`` (:func:`ranking.pick`).
+    async def _pick(
+        self, version: int, streams: list[ranking.Stream], blocked: set[str], k: int, item: type[Item]
+    ) -> tuple[list[Item], Source]:
+        """The first ``k`` available candidates of ``streams`` as ``item``s, and the step of the first one
+        (:func:`ranking.pick`).
 
         Item metadata is immutable within a version, so it is cached per version: each item is read
         from Redis once (with the next unknown candidates, in one HMGET), then only looked up in memory.
@@ -219,9 +222,9 @@ class Engine:
         meta = self.cache.meta if version == self.cache.version else {}  # {}: a request of an older version
         lookahead = max(2 * k, _META_CHUNK_MIN)
         while True:
-            chosen, missing = ranking.pick(streams, blocked, meta, k, lookahead)
+            items, source, missing = ranking.pick(streams, blocked, meta, k, lookahead, item)
             if not missing:
-                return chosen
+                return items, source
             meta.update(await self.store.item_meta(version, missing))
 
     async def _item(self, version: int, item_id: str) -> ItemMeta | None:
@@ -240,10 +243,9 @@ class Engine:
         if self.cache.outage_copy is None:
             raise StoreUnavailableError("Redis is unreachable and no popular list is cached in memory yet")
         active, rec = self.cache.outage_copy
-        chosen = ranking.first_allowed(
-            ranking.from_list(rec, ranking.POPULAR, Source.POPULAR), set(query.exclude), query.k
-        )
-        return _response(query, chosen, active, degraded=True)
+        stream = ranking.from_list(rec, ranking.POPULAR, Source.POPULAR)
+        items = ranking.first_allowed(stream, set(query.exclude), query.k, RecommendedItem)
+        return _response(query, items, Source.POPULAR if items else Source.NONE, active, degraded=True)
 
     # --- similar items, readiness, events -----------------------------------------------------------------
     async def similar(self, item_id: str, k: int) -> SimilarItemsOut:
@@ -262,11 +264,7 @@ class Engine:
             if meta is None:
                 raise NotFoundError(f"item {item_id!r} is not in published version {active.version}", field="item_id")
             streams = await self._fallback_streams(active, meta.category, None)
-        chosen = await self._pick(active.version, streams, {item_id}, k)
-        items = [
-            SimilarItem(item_id=other, rank=rank, score=score, reason=reason, category=category)
-            for rank, (other, score, reason, _, category) in enumerate(chosen, start=1)
-        ]
+        items, _ = await self._pick(active.version, streams, {item_id}, k, SimilarItem)
         return SimilarItemsOut(
             item_id=item_id, items=items, model_version=active.model_version, publish_version=active.version,
             generated_at=active.generated_at,
@@ -297,15 +295,14 @@ class Engine:
         return active
 
 
-def _response(query: Query, chosen: list[Chosen], active: ActiveVersion, *, degraded: bool) -> RecommendationsOut:
-    items = [
-        RecommendedItem(item_id=item_id, rank=rank, score=score, reason=reason, category=category)
-        for rank, (item_id, score, reason, _, category) in enumerate(chosen, start=1)
-    ]
+def _response(
+    query: Query, items: list[RecommendedItem], source: Source, active: ActiveVersion, *, degraded: bool
+) -> RecommendationsOut:
+    """The answer around the picked ``items``; ``source``: the step of the best one."""
     return RecommendationsOut(
         user_id=query.user_id,
         items=items,
-        source=chosen[0][3] if chosen else Source.NONE,  # the step of the best item
+        source=source,
         degraded=degraded,
         recommendation_id=os.urandom(16).hex(),  # 32 random hex digits, without uuid4's UUID object
         model_name=active.model_name,

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from itertools import chain, repeat, zip_longest
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from msgspec import UNSET
 
 from service.contract import ItemMeta, RecList
-from service.schemas import Source
+from service.schemas import RecommendedItem, SimilarItem, Source
 
 PERSONALIZED = "personalized"
 POPULAR = "popular"
@@ -37,9 +37,9 @@ class Stream(NamedTuple):
     skip: frozenset[str] = frozenset()
 
 
-Chosen = tuple[str, float, str, Source, str | None]
-"""An item picked for the response: ``(item_id, score, reason, source, category)`` (a plain tuple: one
-is built per returned item on every request, and a NamedTuple's constructor is a Python function)."""
+Item = TypeVar("Item", RecommendedItem, SimilarItem)
+"""What :func:`pick` builds for each item it picks: the response's own item type, so each returned item
+is built once, on the spot (the two have the same fields)."""
 
 
 def from_list(rec: RecList | None, reason: str, source: Source) -> Stream:
@@ -79,48 +79,58 @@ def _rest(rec: RecList, reason: str) -> Iterator[tuple[str, float, str]]:
 
 
 def pick(
-    streams: Sequence[Stream], blocked: set[str], meta: Mapping[str, ItemMeta | None], k: int, lookahead: int
-) -> tuple[list[Chosen], list[str]]:
-    """The first ``k`` available candidates, each item once (its first, best-placed occurrence), blocked
-    ones skipped; items whose metadata is None (not in the catalogue) are dropped.
+    streams: Sequence[Stream],
+    blocked: set[str],
+    meta: Mapping[str, ItemMeta | None],
+    k: int,
+    lookahead: int,
+    item: type[Item],
+) -> tuple[list[Item], Source, list[str]]:
+    """The first ``k`` available candidates as ``item``s ranked from 1, each item once (its first,
+    best-placed occurrence), blocked ones skipped; items whose metadata is None (not in the catalogue) are
+    dropped. Also returns the source of the first one (the step that answered; NONE if nothing).
 
     If an item's metadata is not in ``meta`` before ``k`` are found, the answer is incomplete: the
-    second list then names that item and up to ``lookahead - 1`` further unknown candidates; load
-    their metadata and call again. Otherwise the second list is empty.
+    third value then names that item and up to ``lookahead - 1`` further unknown candidates; load
+    their metadata and call again. Otherwise it is empty.
     """
     seen = set(blocked)
     see, known = seen.add, meta.get  # bound once: the loop runs ~10 times per request
-    chosen: list[Chosen] = []
+    picked: list[Item] = []
+    first = Source.NONE
     missing: list[str] = []
     for stream in streams:
         source = stream.source
-        for item, score, reason in candidates(stream):
-            if item in seen:
+        for item_id, score, reason in candidates(stream):
+            if item_id in seen:
                 continue
-            see(item)
-            found = known(item, _UNKNOWN)
+            see(item_id)
+            found = known(item_id, _UNKNOWN)
             if found is _UNKNOWN:
-                missing.append(item)
+                missing.append(item_id)
                 if len(missing) >= lookahead:
-                    return chosen, missing
+                    return picked, first, missing
             elif found is not None and found.available and not missing:
-                chosen.append((item, score, reason, source, found.category))
-                if len(chosen) >= k:
-                    return chosen, []
-    return chosen, missing
+                if not picked:
+                    first = source
+                rank = len(picked) + 1
+                picked.append(item(item_id=item_id, rank=rank, score=score, reason=reason, category=found.category))
+                if rank >= k:
+                    return picked, first, []
+    return picked, first, missing
 
 
-def first_allowed(stream: Stream, blocked: set[str], k: int) -> list[Chosen]:
+def first_allowed(stream: Stream, blocked: set[str], k: int, item: type[Item]) -> list[Item]:
     """The first ``k`` items of ``stream`` not blocked, each once, without metadata (the outage answer)."""
     seen = set(blocked)
-    chosen: list[Chosen] = []
-    for item, score, reason in candidates(stream):
-        if len(chosen) >= k:
+    picked: list[Item] = []
+    for item_id, score, reason in candidates(stream):
+        if len(picked) >= k:
             break
-        if item not in seen:
-            seen.add(item)
-            chosen.append((item, score, reason, stream.source, None))
-    return chosen
+        if item_id not in seen:
+            seen.add(item_id)
+            picked.append(item(item_id=item_id, rank=len(picked) + 1, score=score, reason=reason))
+    return picked
 
 
 def parse_exclude(raw: str | None) -> list[str]:

@@ -43,7 +43,16 @@ from service.params import query_pairs
 from service.ranking import because_you_viewed, candidates, from_list, pick
 from service.redis_server import free_port
 from service.resp import Pipe, Reply, pack
-from service.schemas import MAX_BATCH, EventsAccepted, Problem, RecommendationsOut, SimilarItemsOut, Source
+from service.schemas import (
+    MAX_BATCH,
+    EventsAccepted,
+    Problem,
+    RecommendationsOut,
+    RecommendedItem,
+    SimilarItem,
+    SimilarItemsOut,
+    Source,
+)
 from service.store import MAX_IN_FLIGHT, USER_STATE_LUA, Store
 from tests.conftest import TINY_CATALOGUE, TINY_SCORES, StaticConfig, StaticModel, TinyStore, events_frame
 from training.models.base import TrainData
@@ -849,23 +858,40 @@ def test_pick_reads_a_lists_encoded_rest_only_when_it_gets_there() -> None:
     items = [f"i{n:02d}" for n in range(HEAD_SIZE + 10)]
     whole = RecList.of(items, [float(-n) for n in range(len(items))])
     meta: dict[str, ItemMeta | None] = {item: ItemMeta(available=n % 2 == 0) for n, item in enumerate(items)}
-    chosen, _ = pick([from_list(whole, "r", Source.PERSONALIZED)], set(), meta, 15, lookahead=32)
-    assert [c[0] for c in chosen] == items[0::2][:15]  # 12 available in the head, 3 from the rest
+    chosen, _, _ = pick([from_list(whole, "r", Source.PERSONALIZED)], set(), meta, 15, 32, RecommendedItem)
+    assert [c.item_id for c in chosen] == items[0::2][:15]  # 12 available in the head, 3 from the rest
     broken = RecList(items=whole.items, scores=whole.scores, rest=msgspec.Raw(b"\xc1"))  # not msgpack
-    chosen, _ = pick([from_list(broken, "r", Source.PERSONALIZED)], set(), meta, 10, lookahead=32)
+    chosen, _, _ = pick([from_list(broken, "r", Source.PERSONALIZED)], set(), meta, 10, 32, RecommendedItem)
     assert len(chosen) == 10  # the head was enough: the rest was never decoded
     with pytest.raises(ContractError, match="the rest of a ranked list"):
-        pick([from_list(broken, "r", Source.PERSONALIZED)], set(), meta, 15, lookahead=32)
+        pick([from_list(broken, "r", Source.PERSONALIZED)], set(), meta, 15, 32, RecommendedItem)
 
 
 def test_pick_asks_for_unknown_metadata_before_going_past_it() -> None:
     stream = from_list(RecList(items=["a", "b", "c", "d", "a"], scores=[5, 4, 3, 2, 1]), "r", Source.PERSONALIZED)
     meta: dict[str, ItemMeta | None] = {"a": ItemMeta(category="k"), "c": None}  # c: not in the catalogue
-    assert pick([stream], {"b"}, {}, 3, lookahead=2) == ([], ["a", "c"])
-    assert pick([stream], {"b"}, meta, 1, lookahead=2) == ([("a", 5, "r", Source.PERSONALIZED, "k")], [])
-    assert pick([stream], {"b"}, meta, 3, lookahead=2) == ([("a", 5, "r", Source.PERSONALIZED, "k")], ["d"])
+    a = RecommendedItem(item_id="a", rank=1, score=5, reason="r", category="k")
+    assert pick([stream], {"b"}, {}, 3, 2, RecommendedItem) == ([], Source.NONE, ["a", "c"])
+    assert pick([stream], {"b"}, meta, 1, 2, RecommendedItem) == ([a], Source.PERSONALIZED, [])
+    assert pick([stream], {"b"}, meta, 3, 2, RecommendedItem) == ([a], Source.PERSONALIZED, ["d"])
     meta["d"] = ItemMeta(available=False)
-    assert pick([stream], {"b"}, meta, 3, lookahead=2) == ([("a", 5, "r", Source.PERSONALIZED, "k")], [])
+    assert pick([stream], {"b"}, meta, 3, 2, RecommendedItem) == ([a], Source.PERSONALIZED, [])
+
+
+def test_pick_ranks_what_it_builds_and_names_the_step_of_the_first() -> None:
+    mine = from_list(RecList(items=["a", "b"], scores=[9, 8]), "personalized", Source.PERSONALIZED)
+    popular = from_list(RecList(items=["b", "c", "d"], scores=[3, 2, 1]), "popular", Source.POPULAR)
+    meta: dict[str, ItemMeta | None] = {i: ItemMeta(category="k") for i in "abcd"}
+    items, source, missing = pick([mine, popular], {"a"}, meta, 3, 32, SimilarItem)
+    assert (source, missing) == (Source.PERSONALIZED, [])  # "b", the first picked, comes from the user's list
+    assert [(i.item_id, i.rank, i.score, i.reason) for i in items] == [
+        ("b", 1, 8, "personalized"), ("c", 2, 2, "popular"), ("d", 3, 1, "popular"),
+    ]  # fmt: skip
+    assert all(type(i) is SimilarItem for i in items)
+    items, source, _ = pick([mine, popular], {"a", "b"}, meta, 3, 32, RecommendedItem)
+    assert source == Source.POPULAR
+    assert [i.item_id for i in items] == ["c", "d"]
+    assert pick([mine], {"a", "b"}, meta, 3, 32, RecommendedItem) == ([], Source.NONE, [])
 
 
 def test_tailor_serve_runs_the_app_factory_under_uvicorn(
