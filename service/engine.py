@@ -64,6 +64,8 @@ class Query(msgspec.Struct, frozen=True):
     @classmethod
     def parse(cls, params: RecommendationParams) -> Query:
         """Check what a Struct cannot (the items of the exclude list); raises :class:`InvalidInputError`."""
+        if not params.exclude:  # the common case: nothing to split or check
+            return cls(params.user_id, params.k, params.category or None)
         items = ranking.parse_exclude(params.exclude)
         if len(items) > MAX_EXCLUDE:
             raise InvalidInputError.at("exclude", f"{len(items)} item ids; at most {MAX_EXCLUDE} allowed")
