@@ -246,8 +246,8 @@ class Engine:
             raise StoreUnavailableError("Redis is unreachable and no popular list is cached in memory yet")
         active, rec = self.cache.outage_copy
         stream = ranking.from_list(rec, ranking.POPULAR, Source.POPULAR)
-        items = ranking.first_allowed(stream, set(query.exclude), query.k, RecommendedItem)
-        return _response(query, items, Source.POPULAR if items else Source.NONE, active, degraded=True)
+        items, source = ranking.first_allowed(stream, set(query.exclude), query.k, RecommendedItem)
+        return _response(query, items, source, active, degraded=True)
 
     # --- similar items, readiness, events -----------------------------------------------------------------
     async def similar(self, item_id: str, k: int) -> SimilarItemsOut:

@@ -120,8 +120,9 @@ def pick(
     return picked, first, missing
 
 
-def first_allowed(stream: Stream, blocked: set[str], k: int, item: type[Item]) -> list[Item]:
-    """The first ``k`` items of ``stream`` not blocked, each once, without metadata (the outage answer)."""
+def first_allowed(stream: Stream, blocked: set[str], k: int, item: type[Item]) -> tuple[list[Item], Source]:
+    """The first ``k`` items of ``stream`` not blocked, each once, without metadata (the outage answer), and
+    the step that answered as :func:`pick` gives it (NONE if nothing)."""
     seen = set(blocked)
     picked: list[Item] = []
     for item_id, score, reason in candidates(stream):
@@ -130,7 +131,7 @@ def first_allowed(stream: Stream, blocked: set[str], k: int, item: type[Item]) -
         if item_id not in seen:
             seen.add(item_id)
             picked.append(item(item_id=item_id, rank=len(picked) + 1, score=score, reason=reason))
-    return picked
+    return picked, stream.source if picked else Source.NONE
 
 
 def parse_exclude(raw: str | None) -> list[str]:
