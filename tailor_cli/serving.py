@@ -27,6 +27,7 @@ PANEL = "Serving"
 EXIT_USAGE = 2
 
 redis_app = typer.Typer(no_args_is_help=True, help="Run the embedded Redis (unless REDIS_URL points elsewhere).")
+events_app = typer.Typer(no_args_is_help=True, help="The events the service stored (POST /v1/events).")
 
 
 def _fail(message: str) -> NoReturn:
@@ -41,13 +42,16 @@ def _user_errors() -> Iterator[None]:
 
     from features.errors import TailorDataError
     from service.redis_server import RedisServerError
+    from training.event_stream import EventExportError
     from training.models.base import ModelError
     from training.publish import PublishError
     from training.tracking import TrackingError
 
     try:
         yield
-    except (TailorDataError, ModelError, TrackingError, PublishError, RedisServerError, FileNotFoundError) as exc:
+    except (
+        TailorDataError, ModelError, TrackingError, PublishError, RedisServerError, EventExportError, FileNotFoundError,
+    ) as exc:  # fmt: skip
         _fail(str(exc))
     except redis.ConnectionError as exc:
         _fail(f"cannot reach Redis: {exc}")
@@ -298,9 +302,47 @@ def _print_active(url: str) -> None:
     )
 
 
+# --- events --------------------------------------------------------------------------------------------------
+@events_app.command("export")
+def events_export(
+    out: Annotated[Path, typer.Argument(help="Parquet file to write (the native event contract)")],
+    after: Annotated[
+        str | None,
+        typer.Option("--after", help="Only entries after this stream id: the last stream_id of the previous export"),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists")] = False,
+) -> None:
+    """Write the events stored by the service (the stream tailor:events) to a Parquet file for training."""
+    import redis
+
+    from service.redis_server import ensure_redis
+    from training.event_stream import export_events
+
+    with _user_errors():
+        client = redis.Redis.from_url(ensure_redis(load_settings()))
+        try:
+            summary = export_events(client, out, after=after, overwrite=overwrite)
+        finally:
+            client.close()
+    if summary.gap:
+        console.print(f"warning: {summary.gap}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+    if not summary.events:
+        console.print(f"no events{f' after {after}' if after else ''}: wrote an empty {out}", highlight=False)
+        return
+    span = f"{summary.start:%Y-%m-%d %H:%M:%S} to {summary.end:%Y-%m-%d %H:%M:%S} UTC"
+    console.print(
+        f"wrote {summary.events:,} event{'s' if summary.events != 1 else ''} to {out} "
+        f"({span}, stream ids {summary.first_id} to {summary.last_id})\n"
+        f"next time: tailor events export NEW.parquet --after {summary.last_id}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add the serving commands to the root app."""
     app.command(name="publish", rich_help_panel=PANEL)(publish)
     app.command(name="serve", rich_help_panel=PANEL)(serve)
     app.command(name="stop", rich_help_panel=PANEL)(stop)
     app.add_typer(redis_app, name="redis", rich_help_panel=PANEL)
+    app.add_typer(events_app, name="events", rich_help_panel=PANEL)

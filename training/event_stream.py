@@ -1,0 +1,164 @@
+"""Read back the events the service stored: the Redis stream ``tailor:events`` to a Parquet file.
+
+``POST /v1/events`` appends each accepted event to the stream (capped at about
+:data:`~service.contract.EVENT_STREAM_MAXLEN` entries, oldest trimmed first) before answering 202.
+:func:`export_events` writes those entries in the native event contract (``user_id``, ``item_id``,
+``event_type``, ``timestamp`` as naive UTC, ``quantity``, ``price``, ``session_id``) plus
+``recommendation_id`` and the entry's ``stream_id``, so ``tailor data validate`` and ``tailor train
+--data`` read the file as they read any store export.
+
+Exports are incremental: ``after`` takes the last ``stream_id`` of the previous export, and only newer
+entries are written. If the stream no longer holds that entry (it was trimmed), entries between it
+and the oldest one left may be lost, and the summary says so.
+
+The file is written beside its destination and renamed into place, so an interrupted export leaves
+no partial file and an existing file is replaced only with ``overwrite=True``.
+
+Errors: :class:`EventExportError` for bad arguments or an entry that is not an event (naming the
+entry); Redis errors propagate as ``redis.RedisError``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final, cast
+
+import polars as pl
+import redis
+
+from features.columns import Columns
+from service.contract import Keys
+
+BATCH: Final = 10_000
+"""Entries fetched per ``XRANGE`` call."""
+RECOMMENDATION_ID: Final = "recommendation_id"
+STREAM_ID: Final = "stream_id"
+_STREAM_ID = re.compile(r"\d+(-\d+)?")
+_TEXT: Final = (Columns.USER, Columns.ITEM, Columns.EVENT, Columns.SESSION, RECOMMENDATION_ID)
+_NUMBERS: Final = (Columns.QUANTITY, Columns.PRICE)
+SCHEMA: Final = pl.Schema(
+    {
+        Columns.USER: pl.Utf8(),
+        Columns.ITEM: pl.Utf8(),
+        Columns.EVENT: pl.Utf8(),
+        Columns.TIMESTAMP: pl.Datetime("us"),
+        Columns.QUANTITY: pl.Float64(),
+        Columns.PRICE: pl.Float64(),
+        Columns.SESSION: pl.Utf8(),
+        RECOMMENDATION_ID: pl.Utf8(),
+        STREAM_ID: pl.Utf8(),
+    }
+)
+
+
+class EventExportError(ValueError):
+    """The export cannot run as asked (bad ``after``, destination exists) or met an entry that is not an event."""
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What one export wrote."""
+
+    path: Path
+    events: int
+    first_id: str | None
+    last_id: str | None
+    """The ``after`` of the next export (``None`` when nothing was written: reuse this export's ``after``)."""
+    start: datetime | None
+    end: datetime | None
+    gap: str | None
+    """Why events may be missing between ``after`` and the first entry written, or ``None``."""
+
+
+def export_events(
+    client: redis.Redis, out: Path, *, after: str | None = None, overwrite: bool = False, batch: int = BATCH
+) -> ExportSummary:
+    """Write the stream's entries after ``after`` (all it holds when ``None``) to the Parquet file ``out``."""
+    if after is not None and not _STREAM_ID.fullmatch(after):
+        raise EventExportError(
+            f"--after {after!r} is not a stream id: give the last stream_id of an export, e.g. 1732353961234-0"
+        )
+    if out.exists() and not overwrite:
+        raise EventExportError(f"{out} exists: give another path, or --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise EventExportError(f"{out.parent} is not a folder")
+    gap = _gap(client, after)
+    columns: dict[str, list[object]] = {name: [] for name in SCHEMA.names()}
+    low = "-" if after is None else f"({after}"
+    while entries := _entries(client, low, batch):
+        for entry_id, fields in entries:
+            _append(columns, entry_id, fields)
+        low = f"({entries[-1][0]}"
+    frame = pl.DataFrame(columns, schema=SCHEMA)
+    _write(frame, out)
+    ids, times = frame[STREAM_ID], frame[Columns.TIMESTAMP]
+    return ExportSummary(
+        path=out,
+        events=frame.height,
+        first_id=ids[0] if frame.height else None,
+        last_id=ids[-1] if frame.height else None,
+        start=times.min() if frame.height else None,  # type: ignore[arg-type]
+        end=times.max() if frame.height else None,  # type: ignore[arg-type]
+        gap=gap,
+    )
+
+
+def _gap(client: redis.Redis, after: str | None) -> str | None:
+    """Whether entries right after ``after`` may have been trimmed (the stream no longer holds ``after``)."""
+    if after is None:
+        return None
+    oldest = _entries(client, "-", 1)
+    if not oldest:
+        return None
+    oldest_id = oldest[0][0]
+    if _id_key(oldest_id) <= _id_key(after):
+        return None
+    return (
+        f"the stream no longer holds {after} (its oldest entry is {oldest_id}): events after {after} and before "
+        f"{oldest_id} may have been trimmed (the stream keeps about the last million); export more often"
+    )
+
+
+def _entries(client: redis.Redis, low: str, count: int) -> list[tuple[str, dict[bytes, bytes]]]:
+    """Up to ``count`` stream entries from ``low`` on (``(ID`` excludes ID), ids decoded."""
+    found = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(Keys.EVENTS, min=low, max="+", count=count))
+    return [(entry_id.decode(), fields) for entry_id, fields in found]
+
+
+def _id_key(stream_id: str) -> tuple[int, int]:
+    millis, _, seq = stream_id.partition("-")
+    return int(millis), int(seq or 0)
+
+
+def _append(columns: dict[str, list[object]], entry_id: str, raw: dict[bytes, bytes]) -> None:
+    """Add one stream entry to ``columns``, or raise naming the entry and the field that is wrong."""
+    fields = {key.decode(): value.decode() for key, value in raw.items()}
+    for name in (Columns.USER, Columns.ITEM, Columns.EVENT, Columns.TIMESTAMP):
+        if not fields.get(name):
+            raise EventExportError(f"stream entry {entry_id} of {Keys.EVENTS} has no {name}: {fields}")
+    try:
+        stamp = datetime.fromisoformat(fields[Columns.TIMESTAMP])
+        numbers = {name: float(fields[name]) if name in fields else None for name in _NUMBERS}
+    except ValueError as exc:
+        raise EventExportError(f"stream entry {entry_id} of {Keys.EVENTS}: {exc}") from exc
+    stamp = stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
+    columns[Columns.TIMESTAMP].append(stamp.replace(tzinfo=None))
+    for name in _TEXT:
+        columns[name].append(fields.get(name))
+    for name, value in numbers.items():
+        columns[name].append(value)
+    columns[STREAM_ID].append(entry_id)
+
+
+def _write(frame: pl.DataFrame, out: Path) -> None:
+    """Write ``frame`` beside ``out`` and rename it into place (no partial file is ever at ``out``)."""
+    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        frame.write_parquet(partial)
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
