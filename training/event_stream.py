@@ -31,6 +31,7 @@ import polars as pl
 import redis
 
 from features.columns import Columns
+from features.loaders import EVENT_SCHEMA
 from service.contract import Keys
 
 BATCH: Final = 10_000
@@ -40,19 +41,8 @@ STREAM_ID: Final = "stream_id"
 _STREAM_ID = re.compile(r"\d+(-\d+)?")
 _TEXT: Final = (Columns.USER, Columns.ITEM, Columns.EVENT, Columns.SESSION, RECOMMENDATION_ID)
 _NUMBERS: Final = (Columns.QUANTITY, Columns.PRICE)
-SCHEMA: Final = pl.Schema(
-    {
-        Columns.USER: pl.Utf8(),
-        Columns.ITEM: pl.Utf8(),
-        Columns.EVENT: pl.Utf8(),
-        Columns.TIMESTAMP: pl.Datetime("us"),
-        Columns.QUANTITY: pl.Float64(),
-        Columns.PRICE: pl.Float64(),
-        Columns.SESSION: pl.Utf8(),
-        RECOMMENDATION_ID: pl.Utf8(),
-        STREAM_ID: pl.Utf8(),
-    }
-)
+SCHEMA: Final = pl.Schema({**EVENT_SCHEMA, RECOMMENDATION_ID: pl.Utf8(), STREAM_ID: pl.Utf8()})
+"""The export's columns: the loaded events' (:data:`features.loaders.EVENT_SCHEMA`), then the stream's own."""
 
 
 class EventExportError(ValueError):
