@@ -7,7 +7,8 @@
 ``recommendation_id`` and the entry's ``stream_id``, so ``tailor data validate`` and ``tailor train
 --data`` read the file as they read any store export.
 
-Exports are incremental: ``after`` takes the last ``stream_id`` of the previous export, and only newer
+An export writes what the stream held when it started; events that arrive meanwhile go to the next
+one. Exports are incremental: ``after`` takes the last ``stream_id`` of the previous export, and only newer
 entries are written. If the stream no longer holds that entry (it was trimmed), entries between it
 and the oldest one left may be lost, and the summary says so.
 
@@ -79,7 +80,9 @@ def export_events(
     gap = _gap(client, after)
     columns: dict[str, list[object]] = {name: [] for name in SCHEMA.names()}
     low = "-" if after is None else f"({after}"
-    while entries := _entries(client, low, batch):
+    newest = cast(list[tuple[bytes, object]], client.xrevrange(Keys.EVENTS, count=1))
+    high = newest[0][0].decode() if newest else "-"  # what the stream held at the start: events keep arriving
+    while entries := _entries(client, low, high, batch):
         for entry_id, fields in entries:
             _append(columns, entry_id, fields)
         low = f"({entries[-1][0]}"
@@ -101,7 +104,7 @@ def _gap(client: redis.Redis, after: str | None) -> str | None:
     """Whether entries right after ``after`` may have been trimmed (the stream no longer holds ``after``)."""
     if after is None:
         return None
-    oldest = _entries(client, "-", 1)
+    oldest = _entries(client, "-", "+", 1)
     if not oldest:
         return None
     oldest_id = oldest[0][0]
@@ -113,9 +116,9 @@ def _gap(client: redis.Redis, after: str | None) -> str | None:
     )
 
 
-def _entries(client: redis.Redis, low: str, count: int) -> list[tuple[str, dict[bytes, bytes]]]:
-    """Up to ``count`` stream entries from ``low`` on (``(ID`` excludes ID), ids decoded."""
-    found = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(Keys.EVENTS, min=low, max="+", count=count))
+def _entries(client: redis.Redis, low: str, high: str, count: int) -> list[tuple[str, dict[bytes, bytes]]]:
+    """Up to ``count`` stream entries from ``low`` to ``high`` (``(ID`` excludes ID), ids decoded."""
+    found = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(Keys.EVENTS, min=low, max=high, count=count))
     return [(entry_id.decode(), fields) for entry_id, fields in found]
 
 
