@@ -55,6 +55,8 @@ def _user_errors() -> Iterator[None]:
         _fail(str(exc))
     except redis.ConnectionError as exc:
         _fail(f"cannot reach Redis: {exc}")
+    except redis.RedisError as exc:  # a server error reply (e.g. WRONGTYPE) or a timeout
+        _fail(f"Redis: {exc}")
 
 
 def _mapping(preset: str | None, mapping_file: Path | None) -> EventMapping | None:

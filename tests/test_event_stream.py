@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -109,18 +110,38 @@ def test_bad_arguments_and_bad_entries_are_named_and_leave_the_destination_alone
     out.write_bytes(b"an earlier export")
     with pytest.raises(EventExportError, match="exists: give another path, or --overwrite"):
         export_events(redis_client, out)
-    with pytest.raises(EventExportError, match="--after 'yesterday' is not a stream id"):
-        export_events(redis_client, tmp_path / "other.parquet", after="yesterday")
+    for after in ("yesterday", "18446744073709551616-0", "\u0661\u0662\u0663"):  # 2**64, Arabic-Indic digits
+        with pytest.raises(EventExportError, match=re.escape(f"--after {after!r} is not a stream id")):
+            export_events(redis_client, tmp_path / "other.parquet", after=after)
+    with pytest.raises(EventExportError, match=re.escape("must end in .parquet or .pq")):
+        export_events(redis_client, tmp_path / "events.csv")
+    (tmp_path / "folder.parquet").mkdir()
+    with pytest.raises(EventExportError, match=re.escape("folder.parquet is a folder")):
+        export_events(redis_client, tmp_path / "folder.parquet", overwrite=True)
 
     post(service, POSTED[0])
     bad = redis_client.xadd(Keys.EVENTS, {"user_id": "u1", "item_id": "B", "event_type": "view", "timestamp": "soon"})
     with pytest.raises(EventExportError, match=f"stream entry {bad.decode()} of tailor:events"):
         export_events(redis_client, out, overwrite=True)
+    bad_price = redis_client.xadd(
+        Keys.EVENTS, {"user_id": "u1", "item_id": "B", "event_type": "view", "timestamp": "2024-05-01", "price": "abc"}
+    )
+    with pytest.raises(EventExportError, match=f"entry {bad_price.decode()} of tailor:events: price 'abc' is not"):
+        export_events(redis_client, out, overwrite=True, after=bad.decode())
     missing = redis_client.xadd(Keys.EVENTS, {"user_id": "u1", "event_type": "view"})
     with pytest.raises(EventExportError, match=f"entry {missing.decode()} of tailor:events has no item_id"):
-        export_events(redis_client, out, overwrite=True, after=bad.decode())
+        export_events(redis_client, out, overwrite=True, after=bad_price.decode())
     assert out.read_bytes() == b"an earlier export"
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["events.parquet"]  # no partial file left
+
+
+def test_empty_optional_fields_are_exported_as_absent(
+    service: TestClient[Any], redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    post(service, {"user_id": "u1", "item_id": "B", "event_type": "view", "session_id": "", "recommendation_id": ""})
+    export_events(redis_client, tmp_path / "events.pq")
+    frame = pl.read_parquet(tmp_path / "events.pq")
+    assert frame.select(Columns.SESSION, RECOMMENDATION_ID, Columns.QUANTITY).rows() == [(None, None, None)]
 
 
 def test_the_cli_exports_and_prints_the_next_after(service: TestClient[Any], redis_url: str, tmp_path: Path) -> None:
@@ -133,3 +154,10 @@ def test_the_cli_exports_and_prints_the_next_after(service: TestClient[Any], red
     again = CliRunner().invoke(cli, ["events", "export", str(tmp_path / "e.parquet")], env=env)
     assert again.exit_code == 2
     assert "exists: give another path, or --overwrite" in again.output
+    redis_client = redis.Redis.from_url(redis_url)
+    redis_client.delete(Keys.EVENTS)
+    redis_client.set(Keys.EVENTS, "not a stream")
+    redis_client.close()
+    wrong = CliRunner().invoke(cli, ["events", "export", str(tmp_path / "w.parquet")], env=env)
+    assert wrong.exit_code == 2, wrong.output
+    assert "WRONGTYPE" in wrong.output

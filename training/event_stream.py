@@ -12,8 +12,9 @@ one. Exports are incremental: ``after`` takes the last ``stream_id`` of the prev
 entries are written. If the stream no longer holds that entry (it was trimmed), entries between it
 and the oldest one left may be lost, and the summary says so.
 
-The file is written beside its destination and renamed into place, so an interrupted export leaves
-no partial file and an existing file is replaced only with ``overwrite=True``.
+The file is written beside its destination and moved into place once complete, so ``out`` never holds
+a partial export, and an existing file is replaced only with ``overwrite=True`` (even one that appears
+while the export runs).
 
 Errors: :class:`EventExportError` for bad arguments or an entry that is not an event (naming the
 entry); Redis errors propagate as ``redis.RedisError``.
@@ -33,13 +34,15 @@ import redis
 
 from features.columns import Columns
 from features.loaders import EVENT_SCHEMA
-from service.contract import Keys
+from service.contract import EVENT_STREAM_MAXLEN, Keys
 
 BATCH: Final = 10_000
 """Entries fetched per ``XRANGE`` call."""
 RECOMMENDATION_ID: Final = "recommendation_id"
 STREAM_ID: Final = "stream_id"
-_STREAM_ID = re.compile(r"\d+(-\d+)?")
+_STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?", re.ASCII)
+_MAX_ID_PART: Final = 2**64 - 1
+SUFFIXES: Final = (".parquet", ".pq")
 _TEXT: Final = (Columns.USER, Columns.ITEM, Columns.EVENT, Columns.SESSION, RECOMMENDATION_ID)
 _NUMBERS: Final = (Columns.QUANTITY, Columns.PRICE)
 SCHEMA: Final = pl.Schema({**EVENT_SCHEMA, RECOMMENDATION_ID: pl.Utf8(), STREAM_ID: pl.Utf8()})
@@ -69,15 +72,18 @@ def export_events(
     client: redis.Redis, out: Path, *, after: str | None = None, overwrite: bool = False, batch: int = BATCH
 ) -> ExportSummary:
     """Write the stream's entries after ``after`` (all it holds when ``None``) to the Parquet file ``out``."""
-    if after is not None and not _STREAM_ID.fullmatch(after):
+    if after is not None and not _is_stream_id(after):
         raise EventExportError(
             f"--after {after!r} is not a stream id: give the last stream_id of an export, e.g. 1732353961234-0"
         )
+    if out.suffix.lower() not in SUFFIXES:
+        raise EventExportError(f"{out}: the export is Parquet, so its name must end in {' or '.join(SUFFIXES)}")
+    if out.is_dir():
+        raise EventExportError(f"{out} is a folder: give the path of the Parquet file to write")
     if out.exists() and not overwrite:
         raise EventExportError(f"{out} exists: give another path, or --overwrite to replace it")
     if not out.parent.is_dir():
         raise EventExportError(f"{out.parent} is not a folder")
-    gap = _gap(client, after)
     columns: dict[str, list[object]] = {name: [] for name in SCHEMA.names()}
     low = "-" if after is None else f"({after}"
     newest = cast(list[tuple[bytes, object]], client.xrevrange(Keys.EVENTS, count=1))
@@ -87,7 +93,10 @@ def export_events(
             _append(columns, entry_id, fields)
         low = f"({entries[-1][0]}"
     frame = pl.DataFrame(columns, schema=SCHEMA)
-    _write(frame, out)
+    # Checked after reading: trimming only removes the oldest entries, so if ``after`` is still there,
+    # nothing after it was trimmed before it was read.
+    gap = _gap(client, after)
+    _write(frame, out, overwrite)
     ids, times = frame[STREAM_ID], frame[Columns.TIMESTAMP]
     return ExportSummary(
         path=out,
@@ -111,8 +120,9 @@ def _gap(client: redis.Redis, after: str | None) -> str | None:
     if _id_key(oldest_id) <= _id_key(after):
         return None
     return (
-        f"the stream no longer holds {after} (its oldest entry is {oldest_id}): events after {after} and before "
-        f"{oldest_id} may have been trimmed (the stream keeps about the last million); export more often"
+        f"the stream no longer holds {after} (its oldest entry is {oldest_id}): events after {after} and "
+        f"before {oldest_id} may have been trimmed (the stream keeps about the last {EVENT_STREAM_MAXLEN:,}); "
+        "export more often"
     )
 
 
@@ -122,6 +132,12 @@ def _entries(client: redis.Redis, low: str, high: str, count: int) -> list[tuple
     return [(entry_id.decode(), fields) for entry_id, fields in found]
 
 
+def _is_stream_id(text: str) -> bool:
+    """``MILLIS`` or ``MILLIS-SEQ``, ASCII digits, each part a 64-bit unsigned integer (what Redis accepts)."""
+    match = _STREAM_ID.fullmatch(text)
+    return match is not None and all(int(part) <= _MAX_ID_PART for part in match.groups("0"))
+
+
 def _id_key(stream_id: str) -> tuple[int, int]:
     millis, _, seq = stream_id.partition("-")
     return int(millis), int(seq or 0)
@@ -129,29 +145,48 @@ def _id_key(stream_id: str) -> tuple[int, int]:
 
 def _append(columns: dict[str, list[object]], entry_id: str, raw: dict[bytes, bytes]) -> None:
     """Add one stream entry to ``columns``, or raise naming the entry and the field that is wrong."""
-    fields = {key.decode(): value.decode() for key, value in raw.items()}
+    where = f"stream entry {entry_id} of {Keys.EVENTS}"
+    try:
+        fields = {key.decode(): value.decode() for key, value in raw.items()}
+    except UnicodeDecodeError as exc:
+        raise EventExportError(f"{where} is not UTF-8: {exc}") from exc
     for name in (Columns.USER, Columns.ITEM, Columns.EVENT, Columns.TIMESTAMP):
         if not fields.get(name):
-            raise EventExportError(f"stream entry {entry_id} of {Keys.EVENTS} has no {name}: {fields}")
+            raise EventExportError(f"{where} has no {name}: {fields}")
     try:
         stamp = datetime.fromisoformat(fields[Columns.TIMESTAMP])
-        numbers = {name: float(fields[name]) if name in fields else None for name in _NUMBERS}
     except ValueError as exc:
-        raise EventExportError(f"stream entry {entry_id} of {Keys.EVENTS}: {exc}") from exc
+        raise EventExportError(f"{where}: timestamp {fields[Columns.TIMESTAMP]!r} is not valid: {exc}") from exc
+    numbers: dict[str, float | None] = {}
+    for name in _NUMBERS:
+        text = fields.get(name) or None
+        try:
+            numbers[name] = None if text is None else float(text)
+        except ValueError as exc:
+            raise EventExportError(f"{where}: {name} {text!r} is not a number") from exc
     stamp = stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
     columns[Columns.TIMESTAMP].append(stamp.replace(tzinfo=None))
     for name in _TEXT:
-        columns[name].append(fields.get(name))
+        columns[name].append(fields.get(name) or None)  # an empty optional field is absent
     for name, value in numbers.items():
         columns[name].append(value)
     columns[STREAM_ID].append(entry_id)
 
 
-def _write(frame: pl.DataFrame, out: Path) -> None:
-    """Write ``frame`` beside ``out`` and rename it into place (no partial file is ever at ``out``)."""
+def _write(frame: pl.DataFrame, out: Path, overwrite: bool) -> None:
+    """Write ``frame`` beside ``out``, flushed to disk, then move it into place: renamed over ``out`` when
+    ``overwrite``, else hard-linked, which fails if a file appeared at ``out`` meanwhile."""
     partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
         frame.write_parquet(partial)
-        partial.replace(out)
+        with partial.open("rb") as written:
+            os.fsync(written.fileno())
+        if overwrite:
+            partial.replace(out)
+        else:
+            try:
+                os.link(partial, out)
+            except FileExistsError:
+                raise EventExportError(f"{out} exists: give another path, or --overwrite to replace it") from None
     finally:
         partial.unlink(missing_ok=True)
