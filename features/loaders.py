@@ -46,6 +46,7 @@ from features.validation import (
 EVENTS_FILE: Final = "events.parquet"
 CATALOGUE_FILE: Final = "catalogue.parquet"
 USERS_FILE: Final = "users.parquet"
+PARQUET_SUFFIXES: Final = (".parquet", ".pq")
 
 #: The loaded events frame: always these columns with these types (optional ones null when absent).
 EVENT_SCHEMA: Final[dict[str, pl.DataType]] = {
@@ -116,7 +117,7 @@ def _file_kind(path: Path) -> Literal["csv", "parquet"]:
     name = path.name.lower()
     if name.endswith((".csv", ".csv.gz")):
         return "csv"
-    if name.endswith((".parquet", ".pq")):
+    if name.endswith(PARQUET_SUFFIXES):
         return "parquet"
     raise TailorDataError(f"{path}: unsupported file type; use .csv, .csv.gz, .parquet or .pq")
 

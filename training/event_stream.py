@@ -33,7 +33,7 @@ import polars as pl
 import redis
 
 from features.columns import Columns
-from features.loaders import EVENT_SCHEMA
+from features.loaders import EVENT_SCHEMA, PARQUET_SUFFIXES
 from service.contract import EVENT_STREAM_MAXLEN, Keys
 
 BATCH: Final = 10_000
@@ -42,7 +42,6 @@ RECOMMENDATION_ID: Final = "recommendation_id"
 STREAM_ID: Final = "stream_id"
 _STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?", re.ASCII)
 _MAX_ID_PART: Final = 2**64 - 1
-SUFFIXES: Final = (".parquet", ".pq")
 _TEXT: Final = (Columns.USER, Columns.ITEM, Columns.EVENT, Columns.SESSION, RECOMMENDATION_ID)
 _NUMBERS: Final = (Columns.QUANTITY, Columns.PRICE)
 SCHEMA: Final = pl.Schema({**EVENT_SCHEMA, RECOMMENDATION_ID: pl.Utf8(), STREAM_ID: pl.Utf8()})
@@ -72,16 +71,16 @@ def export_events(
     client: redis.Redis, out: Path, *, after: str | None = None, overwrite: bool = False, batch: int = BATCH
 ) -> ExportSummary:
     """Write the stream's entries after ``after`` (all it holds when ``None``) to the Parquet file ``out``."""
-    if after is not None and not _is_stream_id(after):
+    if after is not None and _id_key(after) is None:
         raise EventExportError(
             f"--after {after!r} is not a stream id: give the last stream_id of an export, e.g. 1732353961234-0"
         )
-    if out.suffix.lower() not in SUFFIXES:
-        raise EventExportError(f"{out}: the export is Parquet, so its name must end in {' or '.join(SUFFIXES)}")
+    if out.suffix.lower() not in PARQUET_SUFFIXES:
+        raise EventExportError(f"{out}: the export is Parquet, so its name must end in {' or '.join(PARQUET_SUFFIXES)}")
     if out.is_dir():
         raise EventExportError(f"{out} is a folder: give the path of the Parquet file to write")
     if out.exists() and not overwrite:
-        raise EventExportError(f"{out} exists: give another path, or --overwrite to replace it")
+        raise _exists(out)
     if not out.parent.is_dir():
         raise EventExportError(f"{out.parent} is not a folder")
     columns: dict[str, list[object]] = {name: [] for name in SCHEMA.names()}
@@ -117,7 +116,8 @@ def _gap(client: redis.Redis, after: str | None) -> str | None:
     if not oldest:
         return None
     oldest_id = oldest[0][0]
-    if _id_key(oldest_id) <= _id_key(after):
+    oldest_key, after_key = _id_key(oldest_id), _id_key(after)
+    if oldest_key is None or after_key is None or oldest_key <= after_key:
         return None
     return (
         f"the stream no longer holds {after} (its oldest entry is {oldest_id}): events after {after} and "
@@ -132,15 +132,18 @@ def _entries(client: redis.Redis, low: str, high: str, count: int) -> list[tuple
     return [(entry_id.decode(), fields) for entry_id, fields in found]
 
 
-def _is_stream_id(text: str) -> bool:
-    """``MILLIS`` or ``MILLIS-SEQ``, ASCII digits, each part a 64-bit unsigned integer (what Redis accepts)."""
+def _id_key(text: str) -> tuple[int, int] | None:
+    """``MILLIS`` or ``MILLIS-SEQ`` as a sortable pair, or ``None`` unless both parts are ASCII digits
+    within 64 bits (what Redis accepts)."""
     match = _STREAM_ID.fullmatch(text)
-    return match is not None and all(int(part) <= _MAX_ID_PART for part in match.groups("0"))
+    if match is None:
+        return None
+    millis, seq = (int(part) for part in match.groups("0"))
+    return (millis, seq) if max(millis, seq) <= _MAX_ID_PART else None
 
 
-def _id_key(stream_id: str) -> tuple[int, int]:
-    millis, _, seq = stream_id.partition("-")
-    return int(millis), int(seq or 0)
+def _exists(out: Path) -> EventExportError:
+    return EventExportError(f"{out} exists: give another path, or --overwrite to replace it")
 
 
 def _append(columns: dict[str, list[object]], entry_id: str, raw: dict[bytes, bytes]) -> None:
@@ -157,19 +160,16 @@ def _append(columns: dict[str, list[object]], entry_id: str, raw: dict[bytes, by
         stamp = datetime.fromisoformat(fields[Columns.TIMESTAMP])
     except ValueError as exc:
         raise EventExportError(f"{where}: timestamp {fields[Columns.TIMESTAMP]!r} is not valid: {exc}") from exc
-    numbers: dict[str, float | None] = {}
-    for name in _NUMBERS:
-        text = fields.get(name) or None
-        try:
-            numbers[name] = None if text is None else float(text)
-        except ValueError as exc:
-            raise EventExportError(f"{where}: {name} {text!r} is not a number") from exc
     stamp = stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
     columns[Columns.TIMESTAMP].append(stamp.replace(tzinfo=None))
+    for name in _NUMBERS:  # an error abandons the whole export, so columns never go out of step
+        text = fields.get(name) or None
+        try:
+            columns[name].append(None if text is None else float(text))
+        except ValueError as exc:
+            raise EventExportError(f"{where}: {name} {text!r} is not a number") from exc
     for name in _TEXT:
         columns[name].append(fields.get(name) or None)  # an empty optional field is absent
-    for name, value in numbers.items():
-        columns[name].append(value)
     columns[STREAM_ID].append(entry_id)
 
 
@@ -187,6 +187,6 @@ def _write(frame: pl.DataFrame, out: Path, overwrite: bool) -> None:
             try:
                 os.link(partial, out)
             except FileExistsError:
-                raise EventExportError(f"{out} exists: give another path, or --overwrite to replace it") from None
+                raise _exists(out) from None
     finally:
         partial.unlink(missing_ok=True)
